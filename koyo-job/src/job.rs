@@ -1,0 +1,371 @@
+//! Jobs: the descriptor a `#[define_job]` registers, the value its stub returns, and the
+//! context a running job carries.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+
+use crate::broker::{self, Broker, Executor};
+use crate::codec;
+use crate::error::Error;
+use crate::name;
+
+/// The id of a stored job: the `id` column of `koyo_jobs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(pub i64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The future a job body becomes once its arguments are decoded.
+pub type JobFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
+
+/// What `#[define_job]` registers for each job: its stored name, defaults and entry points.
+///
+/// Built as a `static` by the macro; not meant to be written by hand.
+#[doc(hidden)]
+pub struct JobDescriptor {
+    pub name: &'static str,
+    pub queue: &'static str,
+    pub priority: i16,
+    pub max_attempts: i32,
+    pub timeout: Option<Duration>,
+    /// `file:line` of the definition, for duplicate-name errors.
+    pub file: &'static str,
+    pub line: u32,
+    /// Decodes stored argument bytes and returns the body's future.
+    pub run: fn(&[u8], JobContext) -> Result<JobFuture, codec::DecodeError>,
+}
+
+impl fmt::Debug for JobDescriptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobDescriptor")
+            .field("name", &self.name)
+            .field("queue", &self.queue)
+            .field("priority", &self.priority)
+            .field("max_attempts", &self.max_attempts)
+            .field("defined_at", &format_args!("{}:{}", self.file, self.line))
+            .finish()
+    }
+}
+
+/// The link-time registration of one job definition (collected with `inventory`).
+#[doc(hidden)]
+pub struct Registration(pub &'static JobDescriptor);
+
+inventory::collect!(Registration);
+
+/// When a job becomes due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RunAt {
+    Now,
+    At(OffsetDateTime),
+    /// Relative to the database's clock at insert time.
+    In(Duration),
+}
+
+/// A job call that has not been stored yet: the value a `#[define_job]` stub returns.
+///
+/// Await it to store the job on the current broker (or, in [synchronous mode](crate::run_jobs_inline), to
+/// run it in place); or send it somewhere explicit with [`Job::enqueue_on`] or [`Job::enqueue_in`].
+/// Nothing happens until one of those is awaited.
+#[must_use = "a job is stored only when the value is awaited or passed to a broker"]
+pub struct Job<A> {
+    descriptor: &'static JobDescriptor,
+    run: fn(A, JobContext) -> JobFuture,
+    args: A,
+    run_at: RunAt,
+    priority: Option<i16>,
+}
+
+impl<A> fmt::Debug for Job<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("name", &self.descriptor.name)
+            .field("queue", &self.descriptor.queue)
+            .field("run_at", &self.run_at)
+            .field("priority", &self.priority.unwrap_or(self.descriptor.priority))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: JobArgument> Job<A> {
+    #[doc(hidden)]
+    pub fn new(descriptor: &'static JobDescriptor, run: fn(A, JobContext) -> JobFuture, args: A) -> Self {
+        Job { descriptor, run, args, run_at: RunAt::Now, priority: None }
+    }
+
+    /// The stored name of this job (the `job` column).
+    pub fn name(&self) -> &'static str {
+        self.descriptor.name
+    }
+
+    /// The queue this job is stored on.
+    pub fn queue(&self) -> &'static str {
+        self.descriptor.queue
+    }
+
+    /// This call's priority: the job's default unless overridden with [`Job::with_priority`].
+    pub fn priority(&self) -> i16 {
+        self.priority.unwrap_or(self.descriptor.priority)
+    }
+
+    /// Overrides the priority for this one call (0 runs first; must not be negative).
+    pub fn with_priority(mut self, priority: i16) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Runs the job no earlier than `when`. Same as [`schedule_at`].
+    pub fn at(mut self, when: OffsetDateTime) -> Self {
+        self.run_at = RunAt::At(when);
+        self
+    }
+
+    /// Runs the job no earlier than `delay` after it is stored, by the database's clock.
+    /// Same as [`schedule_in`].
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.run_at = RunAt::In(delay);
+        self
+    }
+
+    /// Encodes the call into a row ready to insert: checks names, priority and argument size.
+    pub fn encode(self) -> Result<NewJob, Error> {
+        let priority = self.priority();
+        if priority < 0 {
+            return Err(Error::InvalidPriority(priority));
+        }
+        name::check_queue(self.descriptor.queue)?;
+        name::check_job_name(self.descriptor.name)?;
+        let args = codec::encode(&self.args)?;
+        // A type can serialize into something its own Deserialize rejects (untagged enums,
+        // `deserialize_any`): refuse it now instead of storing a job no worker can decode.
+        codec::decode::<A>(&args).map_err(|e| Error::Unrepresentable(e.to_string()))?;
+        Ok(NewJob {
+            queue: self.descriptor.queue,
+            name: self.descriptor.name,
+            args,
+            priority,
+            max_attempts: self.descriptor.max_attempts,
+            run_at: self.run_at,
+        })
+    }
+
+    /// Stores the job on `broker` and returns its id (synchronous mode does not apply).
+    pub async fn enqueue_on(self, broker: &Broker) -> Result<JobId, Error> {
+        broker.enqueue(self.encode()?).await
+    }
+
+    /// Stores the job inside the caller's open transaction (or on any client): the job exists
+    /// only if that transaction commits, and workers are notified at commit.
+    ///
+    /// Works with the clients and transactions of tokio-postgres and deadpool-postgres
+    /// (see [`Executor`]).
+    pub async fn enqueue_in<C: Executor + ?Sized>(self, client: &C) -> Result<JobId, Error> {
+        broker::enqueue_with(client, self.encode()?).await
+    }
+
+    /// Runs the body here and now, as synchronous mode does.
+    async fn run_inline(self) -> Result<(), Error> {
+        let ctx = JobContext::new(None, 1);
+        let fut = (self.run)(self.args, ctx.clone());
+        crate::worker::run_body(fut, &ctx, None)
+            .await
+            .map_err(|failure| Error::Inline { job: self.descriptor.name, failure })
+    }
+}
+
+impl<A: JobArgument> IntoFuture for Job<A> {
+    /// `Some(id)` when stored; `None` when synchronous mode ran the job in place.
+    type Output = Result<Option<JobId>, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            if crate::inline::is_on() {
+                self.run_inline().await?;
+                return Ok(None);
+            }
+            let broker = broker::current()?;
+            Ok(Some(self.enqueue_on(&broker).await?))
+        })
+    }
+}
+
+/// Runs `job` no earlier than `when` (koyo's `schedule-at`).
+///
+/// ```no_run
+/// # #[koyo_job::define_job] async fn say_hello(name: String) {}
+/// # async fn demo() -> Result<(), koyo_job::Error> {
+/// use koyo_job::schedule_at;
+/// let when = time::OffsetDateTime::now_utc() + time::Duration::minutes(5);
+/// schedule_at(when, say_hello("Bogdan".into())).await?;
+/// # Ok(()) }
+/// ```
+pub fn schedule_at<A: JobArgument>(when: OffsetDateTime, job: Job<A>) -> Job<A> {
+    job.at(when)
+}
+
+/// Runs `job` no earlier than `delay` from now, measured by the database's clock.
+pub fn schedule_in<A: JobArgument>(delay: Duration, job: Job<A>) -> Job<A> {
+    job.after(delay)
+}
+
+/// A job encoded for storage, of any job type: what bulk enqueue takes.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub(crate) queue: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) args: Vec<u8>,
+    pub(crate) priority: i16,
+    pub(crate) max_attempts: i32,
+    pub(crate) run_at: RunAt,
+}
+
+impl NewJob {
+    /// The queue this job goes to.
+    pub fn queue(&self) -> &str {
+        self.queue
+    }
+
+    /// The stored job name.
+    pub fn name(&self) -> &str {
+        self.name
+    }
+}
+
+/// Anything bulk enqueue accepts: a [`Job`] call or an already encoded [`NewJob`].
+pub trait IntoNewJob {
+    /// Encodes the job for storage.
+    fn into_new_job(self) -> Result<NewJob, Error>;
+}
+
+impl IntoNewJob for NewJob {
+    fn into_new_job(self) -> Result<NewJob, Error> {
+        Ok(self)
+    }
+}
+
+impl<A: JobArgument> IntoNewJob for Job<A> {
+    fn into_new_job(self) -> Result<NewJob, Error> {
+        self.encode()
+    }
+}
+
+/// The types a job can take as arguments: anything serde can store and read back.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a job argument: it must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
+    label = "not storable as a job argument",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for it, or pass an id and load the value inside the job"
+)]
+pub trait JobArgument: Serialize + DeserializeOwned + Send + 'static {}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> JobArgument for T {}
+
+/// The return types a job body may have: `()` or `Result<(), E>` where `E` displays.
+#[diagnostic::on_unimplemented(
+    message = "a job must return `()` or `Result<(), E>` where `E: Display`, not `{Self}`",
+    label = "not a job result"
+)]
+pub trait JobOutput: Send + 'static {
+    /// The error message, if the body failed.
+    fn into_result(self) -> Result<(), String>;
+    /// The value `retry!()` returns from the body after recording the retry.
+    #[doc(hidden)]
+    fn retry_placeholder() -> Self;
+}
+
+impl JobOutput for () {
+    fn into_result(self) -> Result<(), String> {
+        Ok(())
+    }
+    fn retry_placeholder() -> Self {}
+}
+
+impl<E: fmt::Display + Send + 'static> JobOutput for Result<(), E> {
+    fn into_result(self) -> Result<(), String> {
+        self.map_err(|e| e.to_string())
+    }
+    fn retry_placeholder() -> Self {
+        Ok(())
+    }
+}
+
+/// A delay `retry!(delay)` accepts: `std::time::Duration` or `time::Duration`.
+#[diagnostic::on_unimplemented(
+    message = "`retry!` takes a `std::time::Duration` or `time::Duration` as its delay, not `{Self}`"
+)]
+pub trait IntoDelay {
+    /// The delay as a standard duration (negative delays become zero).
+    fn into_delay(self) -> Duration;
+}
+
+impl IntoDelay for Duration {
+    fn into_delay(self) -> Duration {
+        self
+    }
+}
+
+impl IntoDelay for time::Duration {
+    fn into_delay(self) -> Duration {
+        Duration::try_from(self).unwrap_or(Duration::ZERO)
+    }
+}
+
+/// A retry requested from inside a job body with `retry!`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RetryRequest {
+    pub(crate) delay: Option<Duration>,
+    pub(crate) reason: Option<String>,
+}
+
+/// The hidden context every job body receives: which attempt this is, and where `retry!` leaves
+/// its request. User code cannot name the parameter that holds it.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct JobContext(Arc<ContextInner>);
+
+struct ContextInner {
+    id: Option<JobId>,
+    attempt: i32,
+    retry: Mutex<Option<RetryRequest>>,
+}
+
+impl JobContext {
+    pub(crate) fn new(id: Option<JobId>, attempt: i32) -> Self {
+        JobContext(Arc::new(ContextInner { id, attempt, retry: Mutex::new(None) }))
+    }
+
+    pub(crate) fn take_retry(&self) -> Option<RetryRequest> {
+        self.0.retry.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub(crate) fn request_retry(&self, request: RetryRequest) {
+        *self.0.retry.lock().unwrap_or_else(|p| p.into_inner()) = Some(request);
+    }
+
+    /// The stored job's id; `None` when running in synchronous mode.
+    pub fn id(&self) -> Option<JobId> {
+        self.0.id
+    }
+
+    /// Which attempt this is, starting at 1.
+    pub fn attempt(&self) -> i32 {
+        self.0.attempt
+    }
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext").field("id", &self.0.id).field("attempt", &self.0.attempt).finish()
+    }
+}

@@ -1,0 +1,114 @@
+//! The registry: every job definition linked into this binary, by stored name.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use crate::job::{JobDescriptor, Registration};
+use crate::name;
+
+/// A problem with the set of job definitions linked into this binary.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// Two definitions store the same job name.
+    #[error(
+        "two jobs are named {name:?}: one defined at {first}, the other at {second}; \
+         give one of them another `name = \"…\"`"
+    )]
+    Duplicate { name: &'static str, first: String, second: String },
+    /// A definition's name or queue breaks the naming rule.
+    #[error("the job defined at {at} is invalid: {why}")]
+    Invalid { at: String, why: String },
+}
+
+/// The job definitions linked into this binary, by stored name. Built once, on first use.
+#[derive(Debug)]
+pub struct Registry {
+    by_name: HashMap<&'static str, &'static JobDescriptor>,
+}
+
+impl Registry {
+    /// The registry of this binary (built from every `#[define_job]` linked in), or the first
+    /// problem found with it.
+    pub fn global() -> Result<&'static Registry, RegistryError> {
+        static GLOBAL: OnceLock<Result<Registry, RegistryError>> = OnceLock::new();
+        GLOBAL.get_or_init(|| Registry::build(inventory::iter::<Registration>().map(|r| r.0))).as_ref().map_err(Clone::clone)
+    }
+
+    fn build(descriptors: impl Iterator<Item = &'static JobDescriptor>) -> Result<Registry, RegistryError> {
+        let mut by_name: HashMap<&'static str, &'static JobDescriptor> = HashMap::new();
+        for d in descriptors {
+            let at = || format!("{}:{}", d.file, d.line);
+            if let Err(e) = name::check_job_name(d.name).and_then(|()| name::check_queue(d.queue)) {
+                return Err(RegistryError::Invalid { at: at(), why: e.to_string() });
+            }
+            if let Some(first) = by_name.insert(d.name, d) {
+                // Report in a stable order whatever order the linker chose.
+                let mut places = [format!("{}:{}", first.file, first.line), at()];
+                places.sort();
+                let [first, second] = places;
+                return Err(RegistryError::Duplicate { name: d.name, first, second });
+            }
+        }
+        Ok(Registry { by_name })
+    }
+
+    /// The definition stored under `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&'static JobDescriptor> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The stored names of every job this binary can run.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.by_name.keys().copied()
+    }
+
+    /// How many jobs this binary can run.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether this binary defines no jobs at all.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{JobContext, JobFuture};
+
+    fn never(_: &[u8], _: JobContext) -> Result<JobFuture, crate::codec::DecodeError> {
+        unreachable!("not run in these tests")
+    }
+
+    static A: JobDescriptor = JobDescriptor {
+        name: "same",
+        queue: "default",
+        priority: 50,
+        max_attempts: 20,
+        timeout: None,
+        file: "src/a.rs",
+        line: 1,
+        run: never,
+    };
+    static B: JobDescriptor = JobDescriptor { file: "src/b.rs", line: 2, ..A };
+    static BAD: JobDescriptor = JobDescriptor { name: "bad name", ..A };
+
+    #[test]
+    fn duplicate_names_name_both_definitions() {
+        let err = Registry::build([&B, &A].into_iter()).unwrap_err();
+        assert_eq!(
+            err,
+            RegistryError::Duplicate { name: "same", first: "src/a.rs:1".into(), second: "src/b.rs:2".into() }
+        );
+        assert!(err.to_string().contains("src/a.rs:1") && err.to_string().contains("src/b.rs:2"));
+    }
+
+    #[test]
+    fn invalid_names_are_reported_with_their_place() {
+        let err = Registry::build([&BAD].into_iter()).unwrap_err();
+        assert!(matches!(err, RegistryError::Invalid { ref at, .. } if at == "src/a.rs:1"));
+    }
+}

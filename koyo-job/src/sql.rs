@@ -1,0 +1,189 @@
+//! Every SQL statement the runtime sends, in one place. All are static text with `$n`
+//! parameters: no value and no identifier is ever formatted into SQL.
+//!
+//! Two notification channels carry a queue name as payload (never arguments):
+//! `koyo_jobs` says "ready work on this queue", `koyo_jobs_scheduled` says "a job on this
+//! queue is scheduled for later, look at your timer".
+
+/// Listens on both channels; sent once on each new listener connection.
+pub const LISTEN: &str = "LISTEN koyo_jobs; LISTEN koyo_jobs_scheduled";
+
+/// The channel that announces ready jobs.
+pub const READY_CHANNEL: &str = "koyo_jobs";
+/// The channel that announces jobs scheduled for later.
+pub const SCHEDULED_CHANNEL: &str = "koyo_jobs_scheduled";
+
+/// Inserts one job and notifies in the same statement (so inside a transaction the
+/// notification is sent at commit). `$6` is an absolute time, or NULL for "now + `$7` seconds"
+/// by the database's clock. Jobs due later start `scheduled`.
+///
+/// Params: queue, job, args, priority, max_attempts, at (nullable), delay_secs.
+pub const INSERT_ONE: &str = "
+WITH input AS (
+    SELECT COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)) AS at
+), ins AS (
+    INSERT INTO koyo_jobs (queue, job, args, priority, max_attempts, scheduled_at, status)
+    SELECT $1::text, $2::text, $3::bytea, $4::int2, $5::int4, input.at,
+           CASE WHEN input.at > now() THEN 'scheduled' ELSE 'ready' END
+    FROM input
+    RETURNING id, status
+)
+SELECT ins.id,
+       pg_notify(CASE WHEN ins.status = 'ready' THEN 'koyo_jobs' ELSE 'koyo_jobs_scheduled' END, $1::text)::text
+FROM ins";
+
+/// Inserts many jobs in one statement from parallel arrays, then sends one notification per
+/// distinct queue and state. Returns the new ids in input order.
+///
+/// Params: queues, jobs, args, priorities, max_attempts, ats (nullable elements), delays.
+pub const INSERT_MANY: &str = "
+WITH input AS (
+    SELECT q, j, a, p, m, COALESCE(at, now() + make_interval(secs => d)) AS at
+    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int2[], $5::int4[], $6::timestamptz[], $7::float8[])
+         AS t(q, j, a, p, m, at, d)
+), ins AS (
+    INSERT INTO koyo_jobs (queue, job, args, priority, max_attempts, scheduled_at, status)
+    SELECT q, j, a, p, m, at, CASE WHEN at > now() THEN 'scheduled' ELSE 'ready' END FROM input
+    RETURNING id, queue, status
+), notified AS (
+    SELECT pg_notify(CASE WHEN status = 'ready' THEN 'koyo_jobs' ELSE 'koyo_jobs_scheduled' END, queue)
+    FROM (SELECT DISTINCT queue, status FROM ins) AS d
+)
+SELECT COALESCE(array_agg(id ORDER BY id), '{}'), (SELECT count(*) FROM notified) FROM ins";
+
+/// Registers a worker process. Params: hostname, pid, queues, pool_size.
+pub const REGISTER_WORKER: &str = "
+INSERT INTO koyo_workers (hostname, pid, queues, pool_size) VALUES ($1, $2, $3, $4) RETURNING id";
+
+/// Removes a worker's row at clean shutdown. Params: worker id.
+pub const DEREGISTER_WORKER: &str = "DELETE FROM koyo_workers WHERE id = $1";
+
+/// Claims up to `$2` ready jobs of the given queues for worker `$3`: a locking read per queue
+/// (each an ordered scan of the `koyo_jobs_ready` index that stops at the limit), merged in
+/// (priority, scheduled_at, id) order. The attempt is counted here, at claim time, so a job that
+/// kills its worker every time still runs out of attempts.
+///
+/// Params: queues, limit, worker id.
+pub const CLAIM: &str = "
+WITH picked AS MATERIALIZED (
+    SELECT c.id
+    FROM unnest($1::text[]) AS q(name),
+         LATERAL (
+             SELECT id, priority, scheduled_at
+             FROM koyo_jobs
+             WHERE status = 'ready' AND queue = q.name
+             ORDER BY priority, scheduled_at, id
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         ) AS c
+    ORDER BY c.priority, c.scheduled_at, c.id
+    LIMIT $2
+)
+UPDATE koyo_jobs AS j
+SET status = 'running', attempts = j.attempts + 1, started_at = now(), worker_id = $3
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.queue, j.job, j.args, j.attempts, j.max_attempts";
+
+/// Marks finished attempts done. Every row is fenced by id, attempt, worker and state, so a
+/// worker that lost its lease changes nothing. Returns the ids actually written.
+///
+/// Params: ids, attempts, worker id.
+pub const COMPLETE: &str = "
+UPDATE koyo_jobs AS j
+SET status = 'done', finished_at = now()
+FROM unnest($1::int8[], $2::int4[]) AS d(id, attempt)
+WHERE j.id = d.id AND j.attempts = d.attempt AND j.worker_id = $3 AND j.status = 'running'
+RETURNING j.id";
+
+/// Ends attempts that did not succeed: each row goes to the state the worker decided
+/// (`ready` or `scheduled` again after `delay` seconds, or `failed`), with its error message.
+/// Fenced like [`COMPLETE`]. Notifies queues that got ready jobs back.
+///
+/// Params: ids, attempts, new states, delays in seconds, errors, worker id, attempt adjustments
+/// (0, or -1 for attempts that do not count).
+pub const FINISH_UNSUCCESSFUL: &str = "
+WITH upd AS (
+    UPDATE koyo_jobs AS j
+    SET status = d.status,
+        attempts = j.attempts + d.adjust,
+        scheduled_at = CASE WHEN d.status = 'failed' THEN j.scheduled_at
+                            ELSE now() + make_interval(secs => d.delay) END,
+        finished_at = CASE WHEN d.status = 'failed' THEN now() END,
+        last_error = d.error
+    FROM unnest($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::text[], $7::int4[])
+         AS d(id, attempt, status, delay, error, adjust)
+    WHERE j.id = d.id AND j.attempts = d.attempt AND j.worker_id = $6 AND j.status = 'running'
+    RETURNING j.id, j.queue, j.status
+), notified AS (
+    SELECT pg_notify(CASE WHEN status = 'ready' THEN 'koyo_jobs' ELSE 'koyo_jobs_scheduled' END, queue)
+    FROM (SELECT DISTINCT queue, status FROM upd WHERE status IN ('ready', 'scheduled')) AS d
+)
+SELECT COALESCE(array_agg(id), '{}'), (SELECT count(*) FROM notified) FROM upd";
+
+/// Gives running jobs back at shutdown: they become ready again and the interrupted attempt is
+/// not counted. Fenced like [`COMPLETE`].
+///
+/// Params: ids, attempts, worker id.
+pub const RELEASE: &str = "
+WITH upd AS (
+    UPDATE koyo_jobs AS j
+    SET status = 'ready', attempts = j.attempts - 1,
+        last_error = 'released at worker shutdown before it finished'
+    FROM unnest($1::int8[], $2::int4[]) AS d(id, attempt)
+    WHERE j.id = d.id AND j.attempts = d.attempt AND j.worker_id = $3 AND j.status = 'running'
+    RETURNING j.id, j.queue
+), notified AS (
+    SELECT pg_notify('koyo_jobs', queue) FROM (SELECT DISTINCT queue FROM upd) AS d
+)
+SELECT COALESCE(array_agg(id), '{}'), (SELECT count(*) FROM notified) FROM upd";
+
+/// A worker's periodic look around, in one round trip:
+/// - heartbeat: refresh this worker's lease (`alive` is false if another worker has already
+///   declared it dead, and it must register again);
+/// - rescue (when `$4`): delete workers whose heartbeat is older than `$3` seconds and give
+///   their running jobs (and running jobs of workers that no longer exist) back to `ready`, or
+///   `failed` when out of attempts;
+/// - promote this worker's due `scheduled` jobs to `ready`;
+/// - notify queues that got ready jobs;
+/// - report whether ready jobs are waiting, and when the next scheduled one is due.
+///
+/// Params: worker id, queues, lease seconds, rescue?
+pub const TICK: &str = "
+WITH beat AS (
+    UPDATE koyo_workers SET heartbeat_at = now() WHERE id = $1 RETURNING id
+), dead AS (
+    DELETE FROM koyo_workers
+    WHERE $4::bool AND id <> $1 AND heartbeat_at < now() - make_interval(secs => $3::float8)
+    RETURNING id
+), rescued AS (
+    UPDATE koyo_jobs AS j
+    SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'ready' END,
+        finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+        last_error = format('worker %s was lost during attempt %s (its heartbeat stopped)',
+                            j.worker_id, j.attempts)
+    WHERE $4::bool AND j.status = 'running'
+      AND (j.worker_id IN (SELECT id FROM dead)
+           OR NOT EXISTS (SELECT 1 FROM koyo_workers AS w WHERE w.id = j.worker_id))
+    RETURNING j.queue, j.status
+), due AS MATERIALIZED (
+    SELECT id FROM koyo_jobs
+    WHERE status = 'scheduled' AND queue = ANY($2::text[]) AND scheduled_at <= now()
+    ORDER BY queue, scheduled_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), promoted AS (
+    UPDATE koyo_jobs AS j SET status = 'ready' FROM due WHERE j.id = due.id RETURNING j.queue
+)
+SELECT
+    EXISTS (SELECT 1 FROM beat) AS alive,
+    (SELECT count(*) FROM rescued) AS rescued,
+    (SELECT count(*) FROM promoted) AS promoted,
+    (SELECT count(*) FROM (
+        SELECT pg_notify('koyo_jobs', q)
+        FROM (SELECT queue FROM rescued WHERE status = 'ready' UNION SELECT queue FROM promoted) AS u(q)
+    ) AS n) AS notified,
+    EXISTS (SELECT 1 FROM koyo_jobs WHERE status = 'ready' AND queue = ANY($2::text[])) AS ready,
+    (SELECT EXTRACT(EPOCH FROM min(scheduled_at) - now())::float8
+     FROM koyo_jobs
+     WHERE status = 'scheduled' AND queue = ANY($2::text[]) AND scheduled_at > now()) AS next_due_secs";

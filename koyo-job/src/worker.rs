@@ -1,0 +1,925 @@
+//! Workers: claim jobs from their queues, run them, and write down how each attempt ended.
+//!
+//! A worker is three tasks: the main loop (claims, heartbeats, promotion of scheduled jobs,
+//! shutdown), the listener (a dedicated LISTEN connection that turns notifications into wake-ups)
+//! and the completer (writes attempt results in batches). Each job runs in a task of its own.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::hash::BuildHasher;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::Instant;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::broker::Broker;
+use crate::error::{Error, JobFailure};
+use crate::job::{JobContext, JobFuture, JobId};
+use crate::middleware::{JobInfo, Middleware, Next, Outcome};
+use crate::name;
+use crate::registry::Registry;
+use crate::sql;
+
+/// How long a job waits before its next attempt: exponential in the attempt number, capped,
+/// with ±25 % jitter so jobs that failed together do not retry together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// `base` after the first attempt, doubling after each further one, never over `max`.
+    pub fn exponential(base: Duration, max: Duration) -> Self {
+        Backoff { base, max: max.max(base) }
+    }
+
+    /// The delay after `attempt` (1-based) failed.
+    pub fn delay(&self, attempt: i32) -> Duration {
+        let doublings = attempt.saturating_sub(1).clamp(0, 32) as u32;
+        let nominal = self.base.saturating_mul(1 << doublings.min(31)).min(self.max);
+        let unit = std::collections::hash_map::RandomState::new().hash_one(attempt) as f64 / u64::MAX as f64;
+        nominal.mul_f64(0.75 + 0.5 * unit).min(self.max)
+    }
+}
+
+impl Default for Backoff {
+    /// 1 s, 2 s, 4 s, … up to one hour.
+    fn default() -> Self {
+        Backoff::exponential(Duration::from_secs(1), Duration::from_secs(3600))
+    }
+}
+
+/// Starts workers. See [`Worker::builder`].
+#[derive(Debug)]
+pub struct Worker;
+
+impl Worker {
+    /// A worker on `broker` with koyo's defaults: queue `"default"`, 8 jobs at once.
+    pub fn builder(broker: Broker) -> WorkerBuilder {
+        WorkerBuilder {
+            broker,
+            queues: Vec::new(),
+            pool_size: 8,
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(60),
+            backoff: Backoff::default(),
+            job_timeout: None,
+            unknown_job_delay: Duration::from_secs(60),
+            listen: true,
+            middleware: Vec::new(),
+        }
+    }
+}
+
+/// Configures and starts a worker.
+#[must_use = "a worker does nothing until `start` is awaited"]
+pub struct WorkerBuilder {
+    broker: Broker,
+    queues: Vec<String>,
+    pool_size: usize,
+    poll_interval: Duration,
+    lease: Duration,
+    shutdown_grace: Duration,
+    backoff: Backoff,
+    job_timeout: Option<Duration>,
+    unknown_job_delay: Duration,
+    listen: bool,
+    middleware: Vec<Arc<dyn Middleware>>,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("queues", &self.queues)
+            .field("pool_size", &self.pool_size)
+            .field("poll_interval", &self.poll_interval)
+            .field("lease", &self.lease)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerBuilder {
+    /// Adds a queue to serve (default: `"default"` when none is added).
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queues.push(queue.into());
+        self
+    }
+
+    /// Adds several queues to serve.
+    pub fn queues<I: IntoIterator<Item = S>, S: Into<String>>(mut self, queues: I) -> Self {
+        self.queues.extend(queues.into_iter().map(Into::into));
+        self
+    }
+
+    /// How many jobs run at once (default 8).
+    pub fn pool_size(mut self, pool_size: usize) -> Self {
+        self.pool_size = pool_size;
+        self
+    }
+
+    /// How often the worker looks at the table even with no notification: heartbeat, rescue,
+    /// promotion of due scheduled jobs, and a check for ready jobs whose notification was lost
+    /// (default 1 s: one cheap query per second when idle).
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
+    /// How long a worker may go without a heartbeat before others declare it dead and give its
+    /// running jobs back (default 30 s). Heartbeats are sent every poll interval, so this must be
+    /// at least three poll intervals.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long shutdown waits for running jobs before giving them back (default 60 s, as koyo).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The delay between failed attempts (default 1 s doubling to 1 h).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// A time limit for jobs that set none of their own (default: none).
+    pub fn job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a job this binary does not know is put back before another worker may claim it
+    /// (default 60 s).
+    pub fn unknown_job_delay(mut self, delay: Duration) -> Self {
+        self.unknown_job_delay = delay;
+        self
+    }
+
+    /// Whether to LISTEN for notifications (default true). Turn it off behind PgBouncer in
+    /// transaction mode: the worker then finds work by polling alone.
+    pub fn listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    /// Wraps every job run. The first added is the outermost.
+    pub fn middleware(mut self, middleware: impl Middleware) -> Self {
+        self.middleware.push(Arc::new(middleware));
+        self
+    }
+
+    /// Registers the worker and starts it. Fails if the configuration cannot work, if the job
+    /// definitions linked into this binary conflict, or if the database cannot be reached.
+    pub async fn start(mut self) -> Result<WorkerHandle, Error> {
+        if self.queues.is_empty() {
+            self.queues.push("default".to_owned());
+        }
+        self.queues.sort();
+        self.queues.dedup();
+        for queue in &self.queues {
+            name::check_queue(queue)?;
+        }
+        if self.pool_size == 0 || self.pool_size > Semaphore::MAX_PERMITS.min(100_000) {
+            return Err(Error::WorkerConfig(format!("pool_size must be from 1 to 100000, not {}", self.pool_size)));
+        }
+        if self.poll_interval.is_zero() || self.lease < self.poll_interval * 3 {
+            return Err(Error::WorkerConfig(format!(
+                "the lease ({:?}) must be at least three poll intervals ({:?}), which must not be zero",
+                self.lease, self.poll_interval
+            )));
+        }
+        let registry = Registry::global()?;
+        let worker_id = register(&self.broker, &self.queues, self.pool_size).await?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            broker: self.broker,
+            registry,
+            queues: self.queues,
+            pool_size: self.pool_size,
+            poll_interval: self.poll_interval,
+            lease: self.lease,
+            shutdown_grace: self.shutdown_grace,
+            backoff: self.backoff,
+            job_timeout: self.job_timeout,
+            unknown_job_delay: self.unknown_job_delay,
+            middleware: self.middleware,
+            worker_id: AtomicI64::new(worker_id),
+            slots: Arc::new(Semaphore::new(self.pool_size)),
+            wake: Notify::new(),
+            tick_soon: Notify::new(),
+            running: Mutex::new(HashMap::new()),
+            completions: done_tx,
+        });
+        let listener = self.listen.then(|| tokio::spawn(listen(shared.clone())));
+        let completer = tokio::spawn(complete(shared.clone(), done_rx));
+        let main = tokio::spawn(main_loop(shared.clone(), stop_rx, listener, completer));
+        tracing::info!(worker_id, queues = ?shared.queues, pool_size = shared.pool_size, "koyo-job worker started");
+        Ok(WorkerHandle { shared, stop: stop_tx, main: Some(main) })
+    }
+}
+
+/// A running worker. Call [`WorkerHandle::shutdown`] to stop it gracefully; dropping the handle
+/// starts the same shutdown in the background.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    main: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// This worker's id in `koyo_workers` (it changes if the worker had to register again after
+    /// being declared dead).
+    pub fn id(&self) -> i64 {
+        self.shared.worker_id.load(Ordering::Relaxed)
+    }
+
+    /// How many jobs are running now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.pool_size - self.shared.slots.available_permits()
+    }
+
+    /// Stops claiming, waits up to the shutdown grace for running jobs to finish, gives the
+    /// rest back to be run elsewhere (their interrupted attempt not counted), writes every
+    /// pending result and removes the worker's row.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(main) = self.main.take() {
+            if let Err(e) = main.await {
+                tracing::error!(error = %e, "koyo-job worker task ended abnormally");
+            }
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.worker_id.load(Ordering::Relaxed))
+            .field("queues", &self.queues)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    broker: Broker,
+    registry: &'static Registry,
+    queues: Vec<String>,
+    pool_size: usize,
+    poll_interval: Duration,
+    lease: Duration,
+    shutdown_grace: Duration,
+    backoff: Backoff,
+    job_timeout: Option<Duration>,
+    unknown_job_delay: Duration,
+    middleware: Vec<Arc<dyn Middleware>>,
+    worker_id: AtomicI64,
+    /// One permit per job slot; a job holds one until its body ends.
+    slots: Arc<Semaphore>,
+    /// Ready work may be waiting: claim.
+    wake: Notify,
+    /// Something was scheduled: look at the table (promotion, next due time) soon.
+    tick_soon: Notify,
+    /// Jobs whose body is still running, for giving them back at shutdown.
+    running: Mutex<HashMap<JobId, RunningJob>>,
+    completions: mpsc::UnboundedSender<ToCompleter>,
+}
+
+struct RunningJob {
+    claim: Claim,
+    abort: AbortHandle,
+}
+
+/// What fences every write about one attempt: the job, the attempt number and the worker
+/// that claimed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Claim {
+    id: JobId,
+    attempt: i32,
+    worker_id: i64,
+}
+
+struct ClaimedJob {
+    claim: Claim,
+    queue: String,
+    name: String,
+    args: Vec<u8>,
+    max_attempts: i32,
+}
+
+/// How an attempt ends in the table.
+#[derive(Debug)]
+enum Verdict {
+    Done,
+    /// Back to `ready` (delay 0) or `scheduled`, or to `failed`; `adjust` is -1 when the
+    /// attempt must not count.
+    Unsuccessful { status: &'static str, delay: Duration, error: String, adjust: i32 },
+}
+
+struct Completion {
+    claim: Claim,
+    queue: String,
+    verdict: Verdict,
+}
+
+fn hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+async fn register(broker: &Broker, queues: &[String], pool_size: usize) -> Result<i64, Error> {
+    let client = broker.client().await?;
+    let pid = std::process::id() as i32;
+    let row =
+        client.query_one(sql::REGISTER_WORKER, &[&hostname(), &pid, &queues, &(pool_size as i32)]).await?;
+    Ok(row.get(0))
+}
+
+/// Logs a failing database call at most once per `every`, counting the ones it held back.
+struct QuietLog {
+    what: &'static str,
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl QuietLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new(what: &'static str) -> Self {
+        QuietLog { what, last: None, held_back: 0 }
+    }
+
+    fn error(&mut self, error: &Error) {
+        if self.last.is_some_and(|last| last.elapsed() < Self::EVERY) {
+            self.held_back += 1;
+            return;
+        }
+        tracing::warn!(%error, held_back = self.held_back, "koyo-job worker: {} failed; retrying", self.what);
+        self.last = Some(Instant::now());
+        self.held_back = 0;
+    }
+}
+
+/// Claims, ticks and finally shuts down.
+async fn main_loop(
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    listener: Option<JoinHandle<()>>,
+    completer: JoinHandle<()>,
+) {
+    let mut may_have_work = true;
+    let mut next_tick = Instant::now();
+    let mut next_due: Option<Instant> = None;
+    let mut claim_log = QuietLog::new("claiming jobs");
+    let mut tick_log = QuietLog::new("heartbeat");
+    let mut retry_at: Option<Instant> = None;
+    let mut drain_deadline: Option<Instant> = None;
+
+    loop {
+        if drain_deadline.is_none() && (*stop.borrow() || stop.has_changed().is_err()) {
+            drain_deadline = Some(Instant::now() + shared.shutdown_grace);
+        }
+        let draining = drain_deadline.is_some();
+        if draining && shared.slots.available_permits() == shared.pool_size {
+            break;
+        }
+
+        let free = shared.slots.available_permits();
+        if !draining && may_have_work && free > 0 && retry_at.is_none_or(|at| at <= Instant::now()) {
+            let permits = shared.slots.clone().try_acquire_many_owned(free as u32);
+            if let Ok(permits) = permits {
+                match claim(&shared, free).await {
+                    Ok(jobs) => {
+                        retry_at = None;
+                        may_have_work = jobs.len() == free;
+                        start_jobs(&shared, jobs, permits);
+                    }
+                    Err(e) => {
+                        claim_log.error(&e);
+                        retry_at = Some(Instant::now() + shared.poll_interval);
+                    }
+                }
+                continue;
+            }
+        }
+
+        let saturated = shared.slots.available_permits() == 0;
+        let wait_due = next_due.unwrap_or_else(far_future);
+        let wait_retry = retry_at.unwrap_or_else(far_future);
+        let wait_drain = drain_deadline.unwrap_or_else(far_future);
+        tokio::select! {
+            _ = stop.changed(), if !draining => {}
+            _ = shared.wake.notified() => may_have_work = true,
+            _ = slot_freed(&shared.slots), if (may_have_work && saturated && !draining) || draining => {}
+            _ = tokio::time::sleep_until(wait_retry), if retry_at.is_some() => {}
+            _ = tokio::time::sleep_until(wait_drain), if draining => break,
+            _ = tokio::time::sleep_until(next_tick) => {
+                next_tick = Instant::now() + shared.poll_interval;
+                tick(&shared, true, &mut may_have_work, &mut next_due, &mut tick_log).await;
+            }
+            _ = tokio::time::sleep_until(wait_due), if next_due.is_some() => {
+                tick(&shared, false, &mut may_have_work, &mut next_due, &mut tick_log).await;
+            }
+            _ = shared.tick_soon.notified() => {
+                tick(&shared, false, &mut may_have_work, &mut next_due, &mut tick_log).await;
+            }
+        }
+    }
+
+    release_unfinished(&shared).await;
+    if let Some(listener) = listener {
+        listener.abort();
+    }
+    let _ = shared.completions.send(ToCompleter::Flush);
+    if let Err(e) = completer.await {
+        tracing::error!(error = %e, "koyo-job completer ended abnormally");
+    }
+    let worker_id = shared.worker_id.load(Ordering::Relaxed);
+    match shared.broker.client().await {
+        Ok(client) => {
+            if let Err(e) = client.execute(sql::DEREGISTER_WORKER, &[&worker_id]).await {
+                tracing::warn!(error = %e, worker_id, "koyo-job worker could not remove its row; it will expire");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, worker_id, "koyo-job worker could not remove its row; it will expire"),
+    }
+    tracing::info!(worker_id, "koyo-job worker stopped");
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+async fn slot_freed(slots: &Semaphore) {
+    if let Ok(permit) = slots.acquire().await {
+        drop(permit);
+    }
+}
+
+/// One round trip of housekeeping; see [`sql::TICK`].
+async fn tick(
+    shared: &Shared,
+    rescue: bool,
+    may_have_work: &mut bool,
+    next_due: &mut Option<Instant>,
+    log: &mut QuietLog,
+) {
+    match try_tick(shared, rescue).await {
+        Ok(report) => {
+            *may_have_work |= report.ready || report.promoted > 0;
+            *next_due = report.next_due_secs.map(|secs| {
+                // Our timer and the database's clock disagree slightly; never spin.
+                Instant::now() + Duration::from_secs_f64(secs.clamp(0.001, 86_400.0))
+            });
+            if report.rescued > 0 {
+                tracing::warn!(rescued = report.rescued, "koyo-job gave back jobs of workers that stopped heartbeating");
+            }
+        }
+        Err(e) => log.error(&e),
+    }
+}
+
+struct TickReport {
+    ready: bool,
+    promoted: i64,
+    rescued: i64,
+    next_due_secs: Option<f64>,
+}
+
+async fn try_tick(shared: &Shared, rescue: bool) -> Result<TickReport, Error> {
+    let client = shared.broker.client().await?;
+    let stmt = client.prepare_cached(sql::TICK).await?;
+    let worker_id = shared.worker_id.load(Ordering::Relaxed);
+    let lease = shared.lease.as_secs_f64();
+    let row = client.query_one(&stmt, &[&worker_id, &shared.queues, &lease, &rescue]).await?;
+    if !row.get::<_, bool>("alive") {
+        // Another worker declared us dead (we missed heartbeats) and gave our jobs back; their
+        // results will be fenced out. Carry on under a new identity.
+        let new_id = register(&shared.broker, &shared.queues, shared.pool_size).await?;
+        shared.worker_id.store(new_id, Ordering::Relaxed);
+        tracing::warn!(old = worker_id, new = new_id, "koyo-job worker lost its lease and registered again");
+    }
+    Ok(TickReport {
+        ready: row.get("ready"),
+        promoted: row.get("promoted"),
+        rescued: row.get("rescued"),
+        next_due_secs: row.get("next_due_secs"),
+    })
+}
+
+async fn claim(shared: &Shared, limit: usize) -> Result<Vec<ClaimedJob>, Error> {
+    let client = shared.broker.client().await?;
+    let stmt = client.prepare_cached(sql::CLAIM).await?;
+    let worker_id = shared.worker_id.load(Ordering::Relaxed);
+    let rows = client.query(&stmt, &[&shared.queues, &(limit as i64), &worker_id]).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| ClaimedJob {
+            claim: Claim { id: JobId(row.get(0)), attempt: row.get(4), worker_id },
+            queue: row.get(1),
+            name: row.get(2),
+            args: row.get(3),
+            max_attempts: row.get(5),
+        })
+        .collect())
+}
+
+fn start_jobs(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>, mut permits: OwnedSemaphorePermit) {
+    let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
+    for job in jobs {
+        let Some(permit) = permits.split(1) else { break };
+        let claim = job.claim;
+        // The task removes itself from `running` under this lock, so it cannot finish before
+        // it has been inserted.
+        let handle = tokio::spawn(run_job(shared.clone(), job, permit));
+        running.insert(claim.id, RunningJob { claim, abort: handle.abort_handle() });
+    }
+    // Unused permits (fewer jobs than free slots) are returned here.
+    drop(permits);
+}
+
+async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+    let verdict = attempt(&shared, &job).await;
+    shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.claim.id);
+    drop(permit);
+    let _ = shared.completions.send(ToCompleter::Result(Completion { claim: job.claim, queue: job.queue, verdict }));
+}
+
+/// Runs one attempt and decides how it ends.
+async fn attempt(shared: &Shared, job: &ClaimedJob) -> Verdict {
+    let Claim { id, attempt, .. } = job.claim;
+    let Some(descriptor) = shared.registry.get(&job.name) else {
+        tracing::warn!(job_id = %id, job = %job.name, "koyo-job claimed a job this binary does not define; putting it back");
+        return Verdict::Unsuccessful {
+            status: "scheduled",
+            delay: shared.unknown_job_delay,
+            error: format!(
+                "no job named {:?} is defined in the worker binary that claimed it (worker {}); \
+                 it waits for a worker that defines it",
+                job.name, job.claim.worker_id
+            ),
+            adjust: -1,
+        };
+    };
+    let ctx = JobContext::new(Some(id), attempt);
+    let body = match (descriptor.run)(&job.args, ctx.clone()) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!(job_id = %id, job = %job.name, error = %e, "koyo-job cannot decode a job's arguments; failing it");
+            return Verdict::Unsuccessful { status: "failed", delay: Duration::ZERO, error: e.to_string(), adjust: 0 };
+        }
+    };
+    let timeout = descriptor.timeout.or(shared.job_timeout);
+    let mut next = Next { fut: Box::pin(async move { run_body(body, &ctx, timeout).await }) };
+    let info = JobInfo {
+        id,
+        queue: job.queue.clone(),
+        name: job.name.clone(),
+        attempt,
+        max_attempts: job.max_attempts,
+    };
+    for middleware in shared.middleware.iter().rev() {
+        next = Next { fut: middleware.wrap(info.clone(), next) };
+    }
+    let outcome: Outcome = AssertUnwindSafe(next.run())
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(JobFailure::Panicked(panic_message(&*panic))));
+    verdict_for(outcome, attempt, job.max_attempts, &shared.backoff)
+}
+
+fn verdict_for(outcome: Outcome, attempt: i32, max_attempts: i32, backoff: &Backoff) -> Verdict {
+    let failure = match outcome {
+        Ok(()) => return Verdict::Done,
+        Err(failure) => failure,
+    };
+    let error = failure.to_string();
+    if attempt >= max_attempts {
+        let error = format!("{error} (attempt {attempt} of {max_attempts}; no attempts left)");
+        return Verdict::Unsuccessful { status: "failed", delay: Duration::ZERO, error, adjust: 0 };
+    }
+    let delay = match failure {
+        JobFailure::RetryRequested { delay: Some(delay), .. } => delay,
+        _ => backoff.delay(attempt),
+    };
+    let status = if delay.is_zero() { "ready" } else { "scheduled" };
+    Verdict::Unsuccessful { status, delay, error, adjust: 0 }
+}
+
+/// Runs a job body with its time limit, turning errors, panics, time-outs and `retry!` into
+/// one outcome. Also used by synchronous mode.
+pub(crate) async fn run_body(body: JobFuture, ctx: &JobContext, timeout: Option<Duration>) -> Outcome {
+    let caught = AssertUnwindSafe(async move {
+        match timeout {
+            Some(limit) => tokio::time::timeout(limit, body).await.map_err(|_| JobFailure::TimedOut(limit)),
+            None => Ok(body.await),
+        }
+    })
+    .catch_unwind()
+    .await;
+    let result = match caught {
+        Err(panic) => return Err(JobFailure::Panicked(panic_message(&*panic))),
+        Ok(Err(timed_out)) => return Err(timed_out),
+        Ok(Ok(result)) => result,
+    };
+    match (result, ctx.take_retry()) {
+        (Err(message), _) => Err(JobFailure::Error(message)),
+        (Ok(()), Some(retry)) => Err(JobFailure::RetryRequested { delay: retry.delay, reason: retry.reason }),
+        (Ok(()), None) => Ok(()),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".to_owned())
+}
+
+/// What the completer receives.
+enum ToCompleter {
+    Result(Completion),
+    /// Write what has queued up, then stop (sent at shutdown).
+    Flush,
+}
+
+/// Writes attempt results, batching whatever has queued up since the last write.
+async fn complete(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<ToCompleter>) {
+    const MAX_BATCH: usize = 1000;
+    let mut log = QuietLog::new("writing job results");
+    let mut last = false;
+    while !last {
+        let Some(first) = rx.recv().await else { break };
+        let mut batch = Vec::with_capacity(16);
+        for message in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            match message {
+                ToCompleter::Result(completion) => batch.push(completion),
+                ToCompleter::Flush => last = true,
+            }
+            if batch.len() == MAX_BATCH {
+                break;
+            }
+        }
+        write_until_done(&shared, &batch, &mut log, last).await;
+    }
+}
+
+/// Retries a batch write until it succeeds; fenced-out rows are logged, never retried. At
+/// shutdown it gives up after the lease: the jobs will then be rescued and run again.
+async fn write_until_done(shared: &Shared, batch: &[Completion], log: &mut QuietLog, last: bool) {
+    if batch.is_empty() {
+        return;
+    }
+    let give_up = Instant::now() + shared.lease;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match write_batch(shared, batch).await {
+            Ok(()) => return,
+            Err(e) => log.error(&e),
+        }
+        if last && Instant::now() >= give_up {
+            tracing::error!(jobs = batch.len(), "koyo-job could not write job results before stopping; they will run again");
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn write_batch(shared: &Shared, batch: &[Completion]) -> Result<(), Error> {
+    let client = shared.broker.client().await?;
+    let mut written: Vec<i64> = Vec::with_capacity(batch.len());
+    let mut rescheduled = false;
+    // A batch normally holds one worker id; after a re-registration it can hold two.
+    let mut worker_ids: Vec<i64> = batch.iter().map(|c| c.claim.worker_id).collect();
+    worker_ids.sort_unstable();
+    worker_ids.dedup();
+    for worker_id in worker_ids {
+        let mine = || batch.iter().filter(move |c| c.claim.worker_id == worker_id);
+        let (done_ids, done_attempts): (Vec<i64>, Vec<i32>) = mine()
+            .filter(|c| matches!(c.verdict, Verdict::Done))
+            .map(|c| (c.claim.id.0, c.claim.attempt))
+            .unzip();
+        if !done_ids.is_empty() {
+            let stmt = client.prepare_cached(sql::COMPLETE).await?;
+            let rows = client.query(&stmt, &[&done_ids, &done_attempts, &worker_id]).await?;
+            written.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+        }
+        let mut other = Unsuccessful::default();
+        for c in mine() {
+            if let Verdict::Unsuccessful { status, delay, error, adjust } = &c.verdict {
+                other.ids.push(c.claim.id.0);
+                other.attempts.push(c.claim.attempt);
+                other.statuses.push(status);
+                other.delays.push(delay.as_secs_f64());
+                other.errors.push(error);
+                other.adjusts.push(*adjust);
+                rescheduled |= *status == "scheduled";
+            }
+        }
+        if !other.ids.is_empty() {
+            let stmt = client.prepare_cached(sql::FINISH_UNSUCCESSFUL).await?;
+            let row = client
+                .query_one(
+                    &stmt,
+                    &[
+                        &other.ids,
+                        &other.attempts,
+                        &other.statuses,
+                        &other.delays,
+                        &other.errors,
+                        &worker_id,
+                        &other.adjusts,
+                    ],
+                )
+                .await?;
+            written.extend(row.get::<_, Vec<i64>>(0));
+        }
+    }
+    if written.len() < batch.len() {
+        written.sort_unstable();
+        for c in batch.iter().filter(|c| written.binary_search(&c.claim.id.0).is_err()) {
+            tracing::warn!(
+                job_id = %c.claim.id, attempt = c.claim.attempt, queue = %c.queue,
+                "koyo-job discarded a result: the job was given to another worker (lease lost)"
+            );
+        }
+    }
+    if rescheduled {
+        shared.tick_soon.notify_one();
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Unsuccessful<'a> {
+    ids: Vec<i64>,
+    attempts: Vec<i32>,
+    statuses: Vec<&'a str>,
+    delays: Vec<f64>,
+    errors: Vec<&'a str>,
+    adjusts: Vec<i32>,
+}
+
+/// At shutdown, after the grace period: stops the jobs still running and gives them back.
+async fn release_unfinished(shared: &Shared) {
+    let unfinished: Vec<Claim> = {
+        let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
+        running
+            .drain()
+            .map(|(_, job)| {
+                job.abort.abort();
+                job.claim
+            })
+            .collect()
+    };
+    if unfinished.is_empty() {
+        return;
+    }
+    let worker_id = shared.worker_id.load(Ordering::Relaxed);
+    tracing::warn!(jobs = unfinished.len(), "koyo-job shutdown grace is over; giving running jobs back");
+    let (ids, attempts): (Vec<i64>, Vec<i32>) = unfinished.iter().map(|c| (c.id.0, c.attempt)).unzip();
+    let by_worker: Vec<i64> = unfinished.iter().map(|c| c.worker_id).collect();
+    let result = async {
+        let client = shared.broker.client().await?;
+        let mut released = 0;
+        for id in by_worker.iter().copied().collect::<std::collections::BTreeSet<_>>() {
+            let (ids, attempts): (Vec<i64>, Vec<i32>) = ids
+                .iter()
+                .zip(&attempts)
+                .zip(&by_worker)
+                .filter(|(_, w)| **w == id)
+                .map(|((i, a), _)| (*i, *a))
+                .unzip();
+            let row = client.query_one(sql::RELEASE, &[&ids, &attempts, &id]).await?;
+            released += row.get::<_, Vec<i64>>(0).len();
+        }
+        Ok::<_, Error>(released)
+    }
+    .await;
+    match result {
+        Ok(released) => tracing::info!(released, worker_id, "koyo-job released unfinished jobs"),
+        Err(e) => tracing::error!(error = %e, "koyo-job could not release unfinished jobs; they will be rescued after the lease"),
+    }
+}
+
+/// Keeps a LISTEN connection open and turns notifications for this worker's queues into
+/// wake-ups. Reconnects with backoff; after every (re)connect the worker claims at once, to
+/// catch up on anything announced while it was away.
+async fn listen(shared: Arc<Shared>) {
+    let mut pause = Duration::from_millis(100);
+    let mut log = QuietLog::new("listening for notifications");
+    loop {
+        let started = Instant::now();
+        if let Err(e) = listen_once(&shared).await {
+            log.error(&e);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            pause = Duration::from_millis(100);
+        }
+        let jitter = pause.mul_f64(std::collections::hash_map::RandomState::new().hash_one(0) as f64 / u64::MAX as f64);
+        tokio::time::sleep(pause + jitter / 2).await;
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn listen_once(shared: &Shared) -> Result<(), Error> {
+    let (client, mut connection) = shared.broker.config().connect(NoTls).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n).is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            }
+        }
+    });
+    let _abort_driver = AbortOnDrop(driver.abort_handle());
+    client.batch_execute(sql::LISTEN).await?;
+    shared.wake.notify_one();
+    shared.tick_soon.notify_one();
+    while let Some(n) = rx.recv().await {
+        if !shared.queues.iter().any(|q| q == n.payload()) {
+            continue;
+        }
+        match n.channel() {
+            sql::READY_CHANNEL => shared.wake.notify_one(),
+            sql::SCHEDULED_CHANNEL => shared.tick_soon.notify_one(),
+            _ => {}
+        }
+    }
+    drop(client);
+    match driver.await {
+        Ok(result) => Ok(result?),
+        Err(_) => Ok(()),
+    }
+}
+
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(60));
+        for attempt in 1..=3 {
+            let nominal = Duration::from_secs(1 << (attempt - 1));
+            let d = b.delay(attempt);
+            assert!(d >= nominal.mul_f64(0.75) && d <= nominal.mul_f64(1.25), "attempt {attempt}: {d:?}");
+        }
+        assert!(b.delay(40) <= Duration::from_secs(60));
+        assert!(b.delay(0) <= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn verdicts_follow_attempts() {
+        let b = Backoff::exponential(Duration::from_millis(10), Duration::from_millis(10));
+        assert!(matches!(verdict_for(Ok(()), 1, 3, &b), Verdict::Done));
+        let failed = verdict_for(Err(JobFailure::Error("boom".into())), 3, 3, &b);
+        assert!(matches!(failed, Verdict::Unsuccessful { status: "failed", ref error, .. } if error.contains("boom")));
+        let retry = verdict_for(Err(JobFailure::RetryRequested { delay: Some(Duration::ZERO), reason: None }), 1, 3, &b);
+        assert!(matches!(retry, Verdict::Unsuccessful { status: "ready", .. }));
+        let later = verdict_for(Err(JobFailure::Panicked("p".into())), 1, 3, &b);
+        assert!(matches!(later, Verdict::Unsuccessful { status: "scheduled", .. }));
+    }
+}

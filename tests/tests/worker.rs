@@ -1,0 +1,399 @@
+//! Running jobs: order, scheduling, retries, failures, panics, concurrency, several workers,
+//! shutdown, unknown jobs, corrupt arguments and middleware.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use koyo_job::{JobId, JobInfo, Next, define_job, retry};
+use koyo_job_tests::{Env, env, record};
+use tokio::sync::Notify;
+
+#[define_job(queue = "order")]
+async fn ordered(key: String, label: String) {
+    record(&key, label).await;
+}
+
+#[define_job(queue = "later")]
+async fn stamped(key: String) {
+    record(&key, "ran").await;
+}
+
+#[define_job(queue = "retry", max_attempts = 5)]
+async fn retry_once(key: String) {
+    record(&key, "attempt").await;
+    let client = koyo_job_tests::broker_for(&key).client().await.unwrap();
+    let n: i64 = client.query_one("SELECT count(*) FROM ledger", &[]).await.unwrap().get(0);
+    if n == 1 {
+        retry!(Duration::from_millis(10), format!("try again after attempt {n}"));
+    }
+}
+
+#[define_job(queue = "retry")]
+async fn retry_plain(key: String) {
+    record(&key, "plain").await;
+    retry!();
+}
+
+#[define_job(queue = "fail", max_attempts = 3)]
+async fn always_fails(key: String) -> Result<(), String> {
+    record(&key, "attempt").await;
+    Err("the mail server said no".to_owned())
+}
+
+#[define_job(queue = "fail", max_attempts = 2)]
+async fn always_panics(key: String) {
+    record(&key, "attempt").await;
+    panic!("index out of bounds, on purpose");
+}
+
+#[define_job(queue = "fail", max_attempts = 2, timeout = "100ms")]
+async fn too_slow(key: String) {
+    record(&key, "attempt").await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+}
+
+fn gauges() -> &'static Mutex<HashMap<String, Arc<Gauge>>> {
+    static GAUGES: OnceLock<Mutex<HashMap<String, Arc<Gauge>>>> = OnceLock::new();
+    GAUGES.get_or_init(Default::default)
+}
+
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+fn gauge(key: &str) -> Arc<Gauge> {
+    gauges().lock().unwrap().entry(key.to_owned()).or_default().clone()
+}
+
+#[define_job(queue = "busy")]
+async fn busy(key: String, n: i32) {
+    let g = gauge(&key);
+    let now = g.now.fetch_add(1, Ordering::SeqCst) + 1;
+    g.peak.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    g.now.fetch_sub(1, Ordering::SeqCst);
+    koyo_job_tests::broker_for(&key)
+        .client()
+        .await
+        .unwrap()
+        .execute("INSERT INTO ledger (label, job_id) VALUES ('ran', $1)", &[&(n as i64)])
+        .await
+        .unwrap();
+}
+
+fn gates() -> &'static Mutex<HashMap<String, Arc<Notify>>> {
+    static GATES: OnceLock<Mutex<HashMap<String, Arc<Notify>>>> = OnceLock::new();
+    GATES.get_or_init(Default::default)
+}
+
+fn gate(key: &str) -> Arc<Notify> {
+    gates().lock().unwrap().entry(key.to_owned()).or_default().clone()
+}
+
+/// Runs until its test opens the gate.
+#[define_job(queue = "slow")]
+async fn waits_for_gate(key: String) {
+    record(&key, "started").await;
+    gate(&key).notified().await;
+    record(&key, "finished").await;
+}
+
+#[define_job(queue = "corrupt")]
+async fn takes_a_string(key: String, text: String) {
+    record(&key, text).await;
+}
+
+async fn enqueue_ordered(env: &Env, label: &str, priority: i16) -> JobId {
+    ordered(env.key.clone(), label.to_owned()).with_priority(priority).enqueue_on(&env.broker).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lower_priority_runs_first_and_fifo_within_a_priority() {
+    let env = env().await;
+    enqueue_ordered(&env, "p50-a", 50).await;
+    enqueue_ordered(&env, "p10-a", 10).await;
+    enqueue_ordered(&env, "p50-b", 50).await;
+    enqueue_ordered(&env, "p0", 0).await;
+    enqueue_ordered(&env, "p10-b", 10).await;
+    enqueue_ordered(&env, "p50-c", 50).await;
+    let worker = env.worker().queue("order").pool_size(1).start().await.unwrap();
+    env.wait_for_count("SELECT count(*) FROM ledger", 6, Duration::from_secs(10)).await;
+    worker.shutdown().await;
+    assert_eq!(env.ledger().await, ["p0", "p10-a", "p10-b", "p50-a", "p50-b", "p50-c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_job_is_not_run_early_and_is_run_soon_after() {
+    let env = env().await;
+    let worker = env.worker().queue("later").poll_interval(Duration::from_secs(5)).lease(Duration::from_secs(20));
+    let worker = worker.start().await.unwrap();
+    let id = koyo_job::schedule_in(Duration::from_millis(1500), stamped(env.key.clone()))
+        .enqueue_on(&env.broker)
+        .await
+        .unwrap();
+    let row = env.wait_for_status(id, "done", Duration::from_secs(10)).await;
+    worker.shutdown().await;
+    let started = row.started_at.unwrap();
+    assert!(started >= row.scheduled_at, "started {started} before {}", row.scheduled_at);
+    // The worker sleeps until the due time (it polls only every 5 s here): prompt, not a lottery.
+    let late = started - row.scheduled_at;
+    assert!(late < time::Duration::milliseconds(500), "started {late} after its time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_reruns_the_job_counting_the_attempt_and_storing_the_reason() {
+    let env = env().await;
+    let id = retry_once(env.key.clone()).enqueue_on(&env.broker).await.unwrap();
+    let worker = env.worker().queue("retry").start().await.unwrap();
+    let row = env.wait_for_status(id, "done", Duration::from_secs(10)).await;
+    worker.shutdown().await;
+    assert_eq!(row.attempts, 2);
+    let error = row.last_error.unwrap();
+    assert!(error.contains("try again after attempt 1"), "{error}");
+    assert_eq!(env.ledger().await, ["attempt", "attempt"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_on_the_last_attempt_ends_failed() {
+    let env = env().await;
+    let id = retry_plain(env.key.clone()).enqueue_on(&env.broker).await.unwrap();
+    env.query("UPDATE koyo_jobs SET max_attempts = 2 WHERE id = $1", &[&id.0]).await;
+    let worker = env.worker().queue("retry").start().await.unwrap();
+    let row = env.wait_for_status(id, "failed", Duration::from_secs(10)).await;
+    worker.shutdown().await;
+    assert_eq!(row.attempts, 2);
+    assert!(row.last_error.unwrap().contains("no attempts left"));
+    assert!(row.finished_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_is_retried_with_backoff_then_fails_with_the_message() {
+    let env = env().await;
+    let id = always_fails(env.key.clone()).enqueue_on(&env.broker).await.unwrap();
+    let worker = env.worker().queue("fail").start().await.unwrap();
+    let row = env.wait_for_status(id, "failed", Duration::from_secs(10)).await;
+    worker.shutdown().await;
+    assert_eq!((row.attempts, row.max_attempts), (3, 3));
+    let error = row.last_error.unwrap();
+    assert!(error.contains("the mail server said no"), "{error}");
+    let times: Vec<time::OffsetDateTime> =
+        env.query("SELECT at FROM ledger ORDER BY seq", &[]).await.iter().map(|r| r.get(0)).collect();
+    assert_eq!(times.len(), 3);
+    // Backoff is 50 ms doubling (±25 %), capped at 200 ms in these tests.
+    for gap in times.windows(2).map(|w| w[1] - w[0]) {
+        assert!(gap >= time::Duration::milliseconds(35), "retried after only {gap}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_is_a_failed_attempt_with_the_panic_message() {
+    let env = env().await;
+    let id = always_panics(env.key.clone()).enqueue_on(&env.broker).await.unwrap();
+    let worker = env.worker().queue("fail").start().await.unwrap();
+    let row = env.wait_for_status(id, "failed", Duration::from_secs(10)).await;
+    assert_eq!(row.attempts, 2);
+    assert!(row.last_error.unwrap().contains("panicked: index out of bounds, on purpose"));
+    // The worker survived: it still runs jobs.
+    let next = always_fails(env.key.clone()).enqueue_on(&env.broker).await.unwrap();
+    env.wait_for_status(next, "failed", Duration::from_secs(10)).await;
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_timeout_is_dropped_and_fails() {
+    let env = env().await;
+    let id = too_slow(env.key.clone()).enqueue_on(&env.broker).await.unwrap();
+    let worker = env.worker().queue("fail").start().await.unwrap();
+    let row = env.wait_for_status(id, "failed", Duration::from_secs(10)).await;
+    worker.shutdown().await;
+    assert_eq!(row.attempts, 2);
+    assert!(row.last_error.unwrap().contains("timed out after 100ms"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_size_bounds_concurrency() {
+    let env = env().await;
+    let jobs: Vec<_> = (0..40).map(|n| busy(env.key.clone(), n)).collect();
+    env.broker.enqueue_many(jobs).await.unwrap();
+    let worker = env.worker().queue("busy").pool_size(4).start().await.unwrap();
+    env.wait_for_count("SELECT count(*) FROM ledger", 40, Duration::from_secs(20)).await;
+    worker.shutdown().await;
+    let peak = gauge(&env.key).peak.load(Ordering::SeqCst);
+    assert_eq!(peak, 4, "at most pool_size jobs at once, and the pool is used");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_queue_never_run_a_job_twice() {
+    let env = env().await;
+    let n = 300;
+    let jobs: Vec<_> = (0..n).map(|i| busy(env.key.clone(), i)).collect();
+    env.broker.enqueue_many(jobs).await.unwrap();
+    let a = env.worker().queue("busy").pool_size(8).start().await.unwrap();
+    let b = env.worker().queue("busy").pool_size(8).start().await.unwrap();
+    env.wait_for_count("SELECT count(*) FROM koyo_jobs WHERE status = 'done'", n as i64, Duration::from_secs(30))
+        .await;
+    a.shutdown().await;
+    b.shutdown().await;
+    let row = &env.query("SELECT count(*), count(DISTINCT job_id) FROM ledger", &[]).await[0];
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (n as i64, n as i64));
+    let by_worker: i64 =
+        env.query("SELECT count(DISTINCT worker_id) FROM koyo_jobs", &[]).await[0].get(0);
+    assert_eq!(by_worker, 2, "both workers took part");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_running_jobs_within_the_grace() {
+    let env = env().await;
+    let id = waits_for_gate(env.key.clone()).enqueue_on(&env.broker).await.unwrap();
+    let worker = env.worker().queue("slow").shutdown_grace(Duration::from_secs(10)).start().await.unwrap();
+    env.wait_for_status(id, "running", Duration::from_secs(10)).await;
+    let opener = {
+        let g = gate(&env.key);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            g.notify_one();
+        })
+    };
+    worker.shutdown().await;
+    opener.await.unwrap();
+    assert_eq!(env.job(id).await.status, "done");
+    assert_eq!(env.ledger().await, ["started", "finished"]);
+    let workers: i64 = env.query("SELECT count(*) FROM koyo_workers", &[]).await[0].get(0);
+    assert_eq!(workers, 0, "the worker removed its row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_back_jobs_that_outlast_the_grace() {
+    let env = env().await;
+    let id = waits_for_gate(env.key.clone()).enqueue_on(&env.broker).await.unwrap();
+    let worker = env.worker().queue("slow").shutdown_grace(Duration::from_millis(200)).start().await.unwrap();
+    env.wait_for_status(id, "running", Duration::from_secs(10)).await;
+    worker.shutdown().await;
+    let row = env.job(id).await;
+    assert_eq!(row.status, "ready");
+    assert_eq!(row.attempts, 0, "the interrupted attempt does not count");
+    assert!(row.last_error.unwrap().contains("released at worker shutdown"));
+    assert_eq!(env.ledger().await, ["started"], "the job body was stopped");
+
+    // Another worker finishes it.
+    gate(&env.key).notify_one();
+    let worker = env.worker().queue("slow").start().await.unwrap();
+    env.wait_for_status(id, "done", Duration::from_secs(10)).await;
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_this_binary_does_not_know_waits_with_a_message() {
+    let env = env().await;
+    env.query(
+        "INSERT INTO koyo_jobs (queue, job, args) VALUES ('order', 'gone.from.this.binary', '\\x00'::bytea)",
+        &[],
+    )
+    .await;
+    let worker = env.worker().queue("order").start().await.unwrap();
+    env.wait_for_count(
+        "SELECT count(*) FROM koyo_jobs WHERE status = 'scheduled' AND last_error IS NOT NULL",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    worker.shutdown().await;
+    let rows = env.query("SELECT attempts, last_error, scheduled_at > now() FROM koyo_jobs", &[]).await;
+    assert_eq!(rows[0].get::<_, i32>(0), 0, "not counted as an attempt");
+    assert!(rows[0].get::<_, String>(1).contains("gone.from.this.binary"));
+    assert!(rows[0].get::<_, bool>(2), "put back for later");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_argument_bytes_fail_the_job_with_a_clear_error_and_the_worker_lives_on() {
+    let env = env().await;
+    let name = takes_a_string(String::new(), String::new()).name();
+    let key_bytes = {
+        // (key, "x") encoded by hand: varint length then bytes, twice.
+        let mut b = vec![env.key.len() as u8];
+        b.extend_from_slice(env.key.as_bytes());
+        b
+    };
+    let mut truncated = key_bytes.clone();
+    truncated.extend_from_slice(&[5, b'a']);
+    let mut huge_prefix = key_bytes.clone();
+    huge_prefix.extend_from_slice(&[0xFD, 0, 0, 0, 0, 0, 1, 0, 0]);
+    let mut trailing = key_bytes.clone();
+    trailing.extend_from_slice(&[1, b'x', 0xFF, 0xFF]);
+    let cases: [(&str, Vec<u8>); 4] =
+        [("truncated", truncated), ("huge length prefix", huge_prefix), ("trailing bytes", trailing), ("empty", vec![])];
+    let mut ids = Vec::new();
+    for (_, bytes) in &cases {
+        let row = &env
+            .query("INSERT INTO koyo_jobs (queue, job, args) VALUES ('corrupt', $1, $2) RETURNING id", &[&name, bytes])
+            .await[0];
+        ids.push(JobId(row.get(0)));
+    }
+    let worker = env.worker().queue("corrupt").start().await.unwrap();
+    for (id, (what, _)) in ids.iter().zip(&cases) {
+        let row = env.wait_for_status(*id, "failed", Duration::from_secs(10)).await;
+        let error = row.last_error.unwrap();
+        assert!(error.contains("job arguments"), "{what}: {error}");
+        assert_eq!(row.attempts, 1, "{what}: decoding errors are not retried");
+    }
+    // Still alive: a good job runs.
+    let ok = takes_a_string(env.key.clone(), "fine".into()).enqueue_on(&env.broker).await.unwrap();
+    env.wait_for_status(ok, "done", Duration::from_secs(10)).await;
+    worker.shutdown().await;
+    assert_eq!(env.ledger().await, ["fine"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middleware_wraps_every_run_and_sees_the_job() {
+    let env = env().await;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    let middleware = move |job: JobInfo, next: Next| {
+        let log = log.clone();
+        async move {
+            let outcome = next.run().await;
+            log.lock().unwrap().push(format!("{} {} {} {} {:?}", job.id.0 > 0, job.queue, job.name, job.attempt, outcome));
+            outcome
+        }
+    };
+    let id = always_fails(env.key.clone()).enqueue_on(&env.broker).await.unwrap();
+    let worker = env.worker().queue("fail").middleware(middleware).start().await.unwrap();
+    env.wait_for_status(id, "failed", Duration::from_secs(10)).await;
+    worker.shutdown().await;
+    let seen = seen.lock().unwrap().clone();
+    let err = "Err(Error(\"the mail server said no\"))";
+    assert_eq!(
+        seen,
+        [1, 2, 3].map(|n| format!("true fail worker::always_fails {n} {err}")),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_notices_new_jobs_through_notifications() {
+    let env = env().await;
+    let worker = env
+        .worker()
+        .queue("order")
+        .poll_interval(Duration::from_secs(30))
+        .lease(Duration::from_secs(90))
+        .start()
+        .await
+        .unwrap();
+    env.wait_until_listening().await;
+    let id = enqueue_ordered(&env, "woken", 1).await;
+    env.wait_for_status(id, "done", Duration::from_secs(5)).await;
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_only_worker_finds_jobs_without_notifications() {
+    let env = env().await;
+    let worker = env.worker().queue("order").listen(false).start().await.unwrap();
+    let id = enqueue_ordered(&env, "polled", 1).await;
+    env.wait_for_status(id, "done", Duration::from_secs(5)).await;
+    worker.shutdown().await;
+}
