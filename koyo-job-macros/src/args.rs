@@ -52,7 +52,10 @@ impl Parse for RawOption {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         // `parse_any` so that the keyword `crate` is accepted as a key.
         let key = input.call(Ident::parse_any).map_err(|e| {
-            syn::Error::new(e.span(), format!("expected an option such as `queue = \"mail\"`; options: {OPTIONS}"))
+            syn::Error::new(
+                e.span(),
+                format!("expected an option such as `queue = \"mail\"`; options: {OPTIONS}"),
+            )
         })?;
         let value = match input.parse::<Option<Token![=]>>()? {
             Some(_) => Some(input.parse()?),
@@ -77,7 +80,8 @@ impl JobArgs {
         let mut seen: Vec<String> = Vec::new();
         for RawOption { key, value } in options {
             let name = key.unraw().to_string();
-            if !matches!(name.as_str(), "queue" | "priority" | "name" | "max_attempts" | "timeout" | "crate") {
+            if !matches!(name.as_str(), "queue" | "priority" | "name" | "max_attempts" | "timeout" | "crate")
+            {
                 errors.spanned(&key, format!("unknown option `{name}`; expected one of: {OPTIONS}"));
                 continue;
             }
@@ -101,12 +105,14 @@ impl JobArgs {
         match key {
             "queue" => {
                 let lit = string(key, value)?;
-                check_name(&lit.value(), "queue", MAX_QUEUE_LEN).map_err(|m| syn::Error::new(lit.span(), m))?;
+                check_name(&lit.value(), "queue", MAX_QUEUE_LEN)
+                    .map_err(|m| syn::Error::new(lit.span(), m))?;
                 self.queue = lit.value();
             }
             "name" => {
                 let lit = string(key, value)?;
-                check_name(&lit.value(), "job", MAX_JOB_NAME_LEN).map_err(|m| syn::Error::new(lit.span(), m))?;
+                check_name(&lit.value(), "job", MAX_JOB_NAME_LEN)
+                    .map_err(|m| syn::Error::new(lit.span(), m))?;
                 self.name = Some(lit.value());
             }
             "priority" => {
@@ -151,15 +157,17 @@ fn example(key: &str) -> &'static str {
 fn string(key: &str, value: &Expr) -> syn::Result<LitStr> {
     match value {
         Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }) => Ok(lit.clone()),
-        _ => Err(syn::Error::new_spanned(value, format!("`{key}` takes a string literal, e.g. {}", example(key)))),
+        _ => Err(syn::Error::new_spanned(
+            value,
+            format!("`{key}` takes a string literal, e.g. {}", example(key)),
+        )),
     }
 }
 
 /// An integer literal, possibly negated, within `min..=max`.
 fn integer(key: &str, value: &Expr, min: i64, max: i64, hint: &str) -> syn::Result<i64> {
-    let out_of_range = || {
-        syn::Error::new_spanned(value, format!("`{key}` must be an integer from {min} to {max} ({hint})"))
-    };
+    let out_of_range =
+        || syn::Error::new_spanned(value, format!("`{key}` must be an integer from {min} to {max} ({hint})"));
     let (negative, lit) = match value {
         Expr::Lit(ExprLit { lit: Lit::Int(lit), .. }) => (false, lit),
         Expr::Unary(ExprUnary { op: UnOp::Neg(_), expr, .. }) => match &**expr {
@@ -197,7 +205,11 @@ pub(crate) fn is_name_char(c: char) -> bool {
 
 /// `"30s"` → 30 000: a whole number followed by `ms`, `s`, `m` or `h`.
 fn parse_duration(text: &str) -> Result<u64, String> {
-    let usage = || format!("`timeout` takes a whole number and a unit (`ms`, `s`, `m` or `h`), e.g. \"30s\"; not {text:?}");
+    let usage = || {
+        format!(
+            "`timeout` takes a whole number and a unit (`ms`, `s`, `m` or `h`), e.g. \"30s\"; not {text:?}"
+        )
+    };
     let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
     let scale: u64 = match unit {

@@ -1,40 +1,52 @@
 //! Turns a checked job definition into its stub function.
 //!
-//! For `#[define_job(queue = "mail")] pub async fn send_welcome(user_id: i64, email: String) -> R { BODY }`:
+//! For `#[define_job(queue = "mail")] pub async fn send_welcome(user_id: i64, email: String) -> R { BODY }`
+//! (runtime items written without their `::koyo_job::__private::` prefix):
 //!
 //! ```text
 //! pub fn send_welcome(user_id: i64, email: String) -> ::koyo_job::Job<(i64, String,)> {
-//!     async fn __koyo_job_body(user_id: i64, email: String, ctx: JobContext) -> R { BODY with retry! rewritten }
+//!     enum __KoyoJob {}
+//!     impl __KoyoJob {
+//!         async fn send_welcome(user_id: i64, email: String, ctx: JobContext) -> R { BODY, retry! rewritten }
+//!     }
 //!     let args: (i64, String,) = (user_id, email,);
 //!     {
 //!         const _: () = assert_argument::<i64>();          // one per argument, at its type
 //!         const _: () = assert_argument::<String>();
+//!         struct __KoyoJobProbe<A>(PhantomData<A>);        // + the traits `__KoyoJobStored`/`Unstored`
 //!         fn run((arg0, arg1,): (i64, String,), ctx: JobContext) -> JobFuture {
-//!             box_body(__koyo_job_body(arg0, arg1, ctx))
+//!             box_body(__KoyoJob::send_welcome(arg0, arg1, ctx))
 //!         }
 //!         fn run_encoded(bytes: &[u8], ctx: JobContext) -> Result<JobFuture, DecodeError> {
-//!             Ok(run(decode_args::<(i64, String,)>(bytes)?, ctx))
+//!             let args = (&__KoyoJobProbe::<(i64, String,)>(PhantomData)).decode(bytes)?;   // decode_args
+//!             Ok(run(args, ctx))
 //!         }
 //!         static DESCRIPTOR: JobDescriptor = JobDescriptor { name, queue, …, run: run_encoded };
 //!         inventory::submit! { Registration(&DESCRIPTOR) }
-//!         job(&DESCRIPTOR, run, args)
+//!         (&__KoyoJobProbe::<(i64, String,)>(PhantomData)).job(&DESCRIPTOR, run, args)    // job(…)
 //!     }
 //! }
 //! ```
 //!
-//! (runtime items through `::koyo_job::__private`). The stub has no `#[must_use]` of its own:
-//! `Job` is `#[must_use]` already, and with both, an unused call gets two warnings. Everything lives inside the stub, so a job
-//! adds exactly one name to its module; `inventory::submit!` works there because it only defines
-//! items (statics placed in the constructor section), which are hoisted out of the function.
+//! Everything lives inside the stub, so a job adds exactly one name to its module.
+//! `inventory::submit!` works there: it only defines items (a static and a constructor placed in
+//! the platform's init section), and items are hoisted out of the function, so the job is
+//! registered whether or not the stub is ever called.
 //!
-//! The nesting is deliberate. Identifiers with `Span::mixed_site()` hide local variables (`ctx`,
-//! `args`) from the user's code, but not items, which resolve like the user's own names. The
-//! user's body can see the items of the block it is defined in, so that block holds only the body
-//! function, under a name no one writes; `run`, `run_encoded` and `DESCRIPTOR` sit in an inner
-//! block that the body cannot see. Likewise the arguments are moved into a hidden tuple before
-//! that inner block, so an argument called `run` still means the argument.
+//! The stub has no `#[must_use]` of its own: `Job` is `#[must_use]` already, and with both, an
+//! unused call gets two warnings.
+//!
+//! The nesting is deliberate. `Span::mixed_site()` hides local variables (`ctx`, `args`) from
+//! the user's code, but not items, which resolve like the user's own names. So the block the body
+//! is defined in holds a single item, `__KoyoJob`; the body being one of its associated functions
+//! means that inside the body the job's name still refers to the stub (a job may enqueue itself),
+//! while diagnostics such as "future returned by `send_welcome` is not `Send`" use the job's name.
+//! The other items sit in an inner block that the body cannot see, and the arguments are moved
+//! into a hidden tuple before it, so an argument called `run` still means the argument. The
+//! argument types are resolved in that inner block, so its type-level items have `__KoyoJob`
+//! names too.
 
-use proc_macro2::{Literal, Span, TokenStream, TokenTree};
+use proc_macro2::{Literal, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{ItemFn, ReturnType};
@@ -42,8 +54,9 @@ use syn::{ItemFn, ReturnType};
 use crate::args::{self, JobArgs};
 use crate::errors::Errors;
 use crate::fallback;
-use crate::model::{JobArg, JobFn, hidden};
+use crate::model::{JobArg, JobFn};
 use crate::retry;
+use crate::spans::{hidden, located_at};
 
 pub(crate) fn define_job(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
@@ -69,7 +82,15 @@ pub(crate) fn define_job(attr: TokenStream, item: TokenStream) -> TokenStream {
     retry::rewrite_body(&mut job.body, &ctx, &args.krate, &mut errors);
     match errors.into_error() {
         None => expand(&args, &job, &ctx),
-        Some(error) => fallback::stub(&args.krate, &job, error),
+        // Options that were wrong kept their defaults and a wrong `retry!` became a placeholder,
+        // so the job can still be expanded: its body is then type-checked as usual, in the same
+        // build.
+        Some(error) if job.signature_ok => {
+            let mut tokens = error.to_compile_error();
+            tokens.extend(expand(&args, &job, &ctx));
+            tokens
+        }
+        Some(error) => fallback::stub(&args.krate, &job, &ctx, error),
     }
 }
 
@@ -95,9 +116,13 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
     let JobFn { attrs, inner_attrs, vis, body, .. } = job;
     let ident = job.ident();
     let fn_token = &job.sig.fn_token;
+    let asyncness = &job.sig.asyncness;
     let output = job.output();
 
-    let body_fn = hidden("__koyo_job_body");
+    let namespace = hidden("__KoyoJob");
+    let probe = hidden("__KoyoJobProbe");
+    let stored = hidden("__KoyoJobStored");
+    let unstored = hidden("__KoyoJobUnstored");
     let run = hidden("run");
     let run_encoded = hidden("run_encoded");
     let descriptor = hidden("DESCRIPTOR");
@@ -108,28 +133,29 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
     let types: Vec<_> = job.args.iter().map(|arg| &*arg.ty).collect();
     let values: Vec<_> = (0..job.args.len()).map(|i| hidden(&format!("arg{i}"))).collect();
     let tuple = quote!((#(#types,)*));
-    let body_params = job.args.iter().map(|JobArg { attrs, mutability, ident, ty }| {
-        quote!(#(#attrs)* #mutability #ident: #ty)
-    });
+    let body_params = job
+        .args
+        .iter()
+        .map(|JobArg { attrs, mutability, ident, ty }| quote!(#(#attrs)* #mutability #ident: #ty));
 
     // Each argument type is checked on its own, so a type that cannot be stored is reported at
-    // that argument rather than as an opaque tuple.
+    // that argument, in the words of `JobArgument`'s diagnostic.
     let assertions = types.iter().map(|ty| {
         let span = ty.span();
-        let rt = respanned(rt.clone(), span);
+        let rt = located_at(rt.clone(), span);
         quote_spanned!(span=> const _: () = #rt::assert_argument::<#ty>();)
     });
 
-    // `box_body` is where the body's future must be `Send` and its output a `JobOutput`:
-    // give the call the span of the return type (or of the name), so those errors point at the
-    // signature instead of at the attribute.
+    // `box_body` is where the body's future must be `Send` and its output a `JobOutput`: the
+    // whole call gets the span of the return type (or of the name), so those errors point at the
+    // signature rather than at the attribute.
     let signature_span = match output {
         ReturnType::Type(_, ty) => ty.span(),
         ReturnType::Default => ident.span(),
     };
     let boxed = {
-        let rt = respanned(rt.clone(), signature_span);
-        quote_spanned!(signature_span=> #rt::box_body(#body_fn(#(#values,)* #ctx)))
+        let call = quote!(#rt::box_body(#namespace::#ident(#(#values,)* #ctx)));
+        located_at(call, signature_span)
     };
 
     let body_tokens = {
@@ -160,6 +186,8 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
+    let run_fn = quote!(fn(A, #rt::JobContext) -> #rt::JobFuture);
+    let decoded = quote!(::core::result::Result<A, #rt::DecodeError>);
 
     quote! {
         #(#attrs)*
@@ -167,13 +195,56 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
         // find it through the registry.
         #[allow(dead_code)]
         #vis #fn_token #ident(#(#names: #types),*) -> #krate::Job<#tuple> {
-            #[allow(clippy::too_many_arguments)]
-            async fn #body_fn(#(#body_params,)* #[allow(unused_variables)] #ctx: #rt::JobContext) #output
-            #body_tokens
+            // An associated function, so that inside the body the job's name still means the
+            // stub (a job may enqueue itself) while diagnostics name the body after the job.
+            // This is the only item the body can see; the others are in the block below.
+            enum #namespace {}
+            impl #namespace {
+                // The job's own lints apply to the body; these would be about the expansion: the
+                // context parameter, or being `async` (which the attribute requires) or associated.
+                #[allow(
+                    clippy::too_many_arguments,
+                    clippy::unused_async,
+                    clippy::new_ret_no_self,
+                    clippy::should_implement_trait
+                )]
+                #asyncness #fn_token #ident(#(#body_params,)* #[allow(unused_variables)] #ctx: #rt::JobContext) #output
+                #body_tokens
+            }
 
             let #args_var: #tuple = (#(#names,)*);
             {
                 #(#assertions)*
+
+                // Autoref specialisation: `…Stored` applies when the arguments can be stored, and
+                // otherwise `…Unstored` keeps this code compiling, so that an argument type that
+                // cannot be stored is reported once, by its assertion above, and not again (at the
+                // attribute) by every use of the whole tuple.
+                struct #probe<A>(::core::marker::PhantomData<A>);
+                trait #stored<A> {
+                    fn job(&self, descriptor: &'static #rt::JobDescriptor, run: #run_fn, args: A) -> #krate::Job<A>;
+                    fn decode(&self, bytes: &[u8]) -> #decoded;
+                }
+                impl<A: #rt::JobArgument> #stored<A> for #probe<A> {
+                    fn job(&self, descriptor: &'static #rt::JobDescriptor, run: #run_fn, args: A) -> #krate::Job<A> {
+                        #rt::job(descriptor, run, args)
+                    }
+                    fn decode(&self, bytes: &[u8]) -> #decoded {
+                        #rt::decode_args(bytes)
+                    }
+                }
+                trait #unstored<A> {
+                    fn job(&self, descriptor: &'static #rt::JobDescriptor, run: #run_fn, args: A) -> #krate::Job<A>;
+                    fn decode(&self, bytes: &[u8]) -> #decoded;
+                }
+                impl<A> #unstored<A> for &#probe<A> {
+                    fn job(&self, _: &'static #rt::JobDescriptor, _: #run_fn, _: A) -> #krate::Job<A> {
+                        ::core::unreachable!()
+                    }
+                    fn decode(&self, _: &[u8]) -> #decoded {
+                        ::core::unreachable!()
+                    }
+                }
 
                 fn #run((#(#values,)*): #tuple, #ctx: #rt::JobContext) -> #rt::JobFuture {
                     #boxed
@@ -183,7 +254,8 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
                     #bytes: &[u8],
                     #ctx: #rt::JobContext,
                 ) -> ::core::result::Result<#rt::JobFuture, #rt::DecodeError> {
-                    ::core::result::Result::Ok(#run(#rt::decode_args::<#tuple>(#bytes)?, #ctx))
+                    let #args_var = (&#probe::<#tuple>(::core::marker::PhantomData)).decode(#bytes)?;
+                    ::core::result::Result::Ok(#run(#args_var, #ctx))
                 }
 
                 static #descriptor: #rt::JobDescriptor = #rt::JobDescriptor {
@@ -199,26 +271,8 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
 
                 #rt::inventory::submit! { #rt::Registration(&#descriptor) }
 
-                #rt::job(&#descriptor, #run, #args_var)
+                (&#probe::<#tuple>(::core::marker::PhantomData)).job(&#descriptor, #run, #args_var)
             }
         }
     }
-}
-
-/// `tokens` with every span replaced by `span`, so that an expression built from them has one
-/// location (a path to the runtime, used inside an expression that should point at user code).
-fn respanned(tokens: TokenStream, span: Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|mut token| {
-            if let TokenTree::Group(group) = &token {
-                let mut new = proc_macro2::Group::new(group.delimiter(), respanned(group.stream(), span));
-                new.set_span(span);
-                token = TokenTree::Group(new);
-            } else {
-                token.set_span(span);
-            }
-            token
-        })
-        .collect()
 }

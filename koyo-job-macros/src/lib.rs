@@ -11,6 +11,7 @@ mod expand;
 mod fallback;
 mod model;
 mod retry;
+mod spans;
 
 use proc_macro::TokenStream;
 

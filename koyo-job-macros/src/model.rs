@@ -4,11 +4,10 @@
 //! the signature is checked for what cannot survive that trip (borrows, `impl Trait`, generics,
 //! `self`) before any code is generated: the errors then name the fix instead of a trait bound.
 
-use proc_macro2::Span;
 use syn::visit_mut::VisitMut;
 use syn::{
-    AttrStyle, Attribute, Block, FnArg, Ident, ItemFn, Lifetime, Pat, PatIdent, PatType, ReturnType, Signature,
-    Token, Type, TypeImplTrait, TypeReference, Visibility,
+    AttrStyle, Attribute, Block, FnArg, Ident, ItemFn, Lifetime, Pat, PatIdent, PatType, ReturnType,
+    Signature, Token, Type, TypeImplTrait, TypeReference, Visibility,
 };
 
 use crate::errors::Errors;
@@ -111,31 +110,29 @@ fn check_argument(typed: &PatType, errors: &mut Errors) -> Option<JobArg> {
     let PatType { attrs, pat, ty, .. } = typed;
     for attr in attrs {
         if attr.path().is_ident("cfg") || attr.path().is_ident("cfg_attr") {
-            errors.spanned(attr, "job arguments cannot be conditional: the stored argument list must not depend on the build");
+            errors.spanned(
+                attr,
+                "job arguments cannot be conditional: the stored argument list must not depend on the build",
+            );
         }
     }
-    let mut types = ArgumentType { problem: None };
-    types.visit_type_mut(&mut ty.clone());
-    let type_ok = match types.problem {
-        Some(error) => {
-            errors.push(error);
-            false
+    let plain_name = match &**pat {
+        Pat::Ident(PatIdent { by_ref: None, mutability, ident, subpat: None, .. }) => {
+            Some((mutability, ident))
         }
-        None => true,
-    };
-    match &**pat {
-        Pat::Ident(PatIdent { by_ref: None, mutability, ident, subpat: None, .. }) if type_ok => Some(JobArg {
-            attrs: attrs.clone(),
-            mutability: *mutability,
-            ident: ident.clone(),
-            ty: ty.clone(),
-        }),
-        Pat::Ident(PatIdent { by_ref: None, subpat: None, .. }) => None,
         _ => {
             errors.spanned(pat, "job arguments must be plain names, like `user_id: i64`, not patterns");
             None
         }
+    };
+    let mut types = ArgumentType { problem: None };
+    types.visit_type_mut(&mut ty.clone());
+    if let Some(error) = types.problem {
+        errors.push(error);
+        return None;
     }
+    let (mutability, ident) = plain_name?;
+    Some(JobArg { attrs: attrs.clone(), mutability: *mutability, ident: ident.clone(), ty: ty.clone() })
 }
 
 /// Finds what in an argument's type cannot be stored: a borrow or an `impl Trait`. Stops at the
@@ -208,7 +205,14 @@ fn tokens_text(tokens: &impl quote::ToTokens) -> String {
             let prev = out.chars().last();
             let next = chars.peek().copied();
             let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '\'');
-            if word(prev) && word(next) || prev == Some(',') || next == Some('+') || prev == Some('+') {
+            let after_lifetime =
+                out.trim_end_matches(|c: char| c.is_alphanumeric() || c == '_').ends_with('\'');
+            if word(prev) && word(next)
+                || after_lifetime
+                || prev == Some(',')
+                || next == Some('+')
+                || prev == Some('+')
+            {
                 out.push(' ');
             }
             continue;
@@ -216,12 +220,6 @@ fn tokens_text(tokens: &impl quote::ToTokens) -> String {
         out.push(c);
     }
     out
-}
-
-/// The identifier of a generated item or variable. `Span::mixed_site()` makes local variables
-/// (the job context, the decoded arguments) invisible to the user's code.
-pub(crate) fn hidden(name: &str) -> Ident {
-    Ident::new(name, Span::mixed_site())
 }
 
 #[cfg(test)]
@@ -239,5 +237,10 @@ mod tests {
         assert_eq!(owned("[u8]"), "Vec<u8>");
         assert_eq!(owned("Vec<Option<u8>>"), "Vec<Option<u8>>");
         assert_eq!(owned("HashMap<String, u8>"), "HashMap<String, u8>");
+        assert_eq!(tokens_text(&syn::parse_str::<Type>("&'static [u8]").unwrap()), "&'static [u8]");
+        assert_eq!(
+            tokens_text(&syn::parse_str::<Type>("&mut Box<dyn Fn(u8) + Send>").unwrap()),
+            "&mut Box<dyn Fn(u8) + Send>"
+        );
     }
 }

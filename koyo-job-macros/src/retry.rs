@@ -6,13 +6,14 @@
 //! (async-stream treats `yield` in closures the same way).
 
 use proc_macro2::{Delimiter, Group, Ident, Span, TokenStream, TokenTree};
-use quote::{ToTokens, quote_spanned};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::visit_mut::{self, VisitMut};
 use syn::{Block, Expr, ExprAsync, ExprClosure, ExprConst, Item, Macro, Path, Stmt, Token};
 
 use crate::errors::Errors;
+use crate::spans::located_at;
 
 /// Rewrites every `retry!` that belongs to the job in `body`. `ctx` is the (hidden) context
 /// parameter of the body function; `krate` the path of the runtime crate.
@@ -33,23 +34,28 @@ impl RetryRewriter<'_> {
     /// It is a block that imports `path` (as `_`) before returning: the user's `use
     /// koyo_job::retry;` is then used, not reported as an unused import, and a `retry!` that
     /// was never imported still fails to resolve, as it would without the attribute.
-    fn replacement(&mut self, path: &Path, args: TokenStream) -> Option<TokenStream> {
+    ///
+    /// A wrong invocation is reported and replaced by a placeholder that still evaluates the
+    /// arguments, so that the rest of the body is checked (and nothing it uses looks unused).
+    fn replacement(&mut self, path: &Path, args: TokenStream) -> TokenStream {
+        let span = path.segments.last().map_or_else(Span::call_site, |s| s.ident.span());
+        let span = Span::mixed_site().located_at(span);
+        let (ctx, krate) = (self.ctx, self.krate);
+        let import = quote_spanned!(span=> #[allow(unused_imports)] use #path as _;);
         let args = match Punctuated::<Expr, Token![,]>::parse_terminated.parse2(args) {
             Ok(args) => args,
             Err(error) => {
                 self.errors.push(error);
-                return None;
+                return quote_spanned!(span=> { #import ::core::unreachable!() });
             }
         };
         if args.len() > 2 {
             let extra: TokenStream = args.iter().skip(2).flat_map(|a| a.to_token_stream()).collect();
             self.errors.spanned(extra, "`retry!` takes at most two arguments: a delay and a reason");
-            return None;
+            let args = args.iter();
+            return quote_spanned!(span=> { #import let _ = (#(#args,)*); ::core::unreachable!() });
         }
-        let span = path.segments.last().map_or_else(Span::call_site, |s| s.ident.span());
-        let span = Span::mixed_site().located_at(span);
-        let (ctx, krate) = (self.ctx, self.krate);
-        let rt = quote_spanned!(span=> #krate::__private);
+        let rt = located_at(quote!(#krate::__private), span);
         let none = quote_spanned!(span=> ::core::option::Option::None);
         let mut args = args.into_iter();
         let delay = match args.next() {
@@ -60,16 +66,15 @@ impl RetryRewriter<'_> {
             Some(reason) => quote_spanned!(span=> #rt::reason(#reason)),
             None => none,
         };
-        Some(quote_spanned!(span=> {
-            #[allow(unused_imports)]
-            use #path as _;
+        quote_spanned!(span=> {
+            #import
             return #rt::retry(&#ctx, #delay, #reason)
-        }))
+        })
     }
 
-    fn replace_macro(&mut self, mac: &Macro) -> Option<Expr> {
-        let tokens = self.replacement(&mac.path, mac.tokens.clone())?;
-        Some(syn::parse2(tokens).expect("a block expression"))
+    fn replace_macro(&mut self, mac: &Macro) -> Expr {
+        let tokens = self.replacement(&mac.path, mac.tokens.clone());
+        syn::parse2(tokens).expect("a block expression")
     }
 
     /// The token-level version of the rewrite, for `retry!` inside the input of another macro
@@ -89,13 +94,10 @@ impl RetryRewriter<'_> {
                         let original: Vec<TokenTree> =
                             out.drain(path_start..).chain(input[i..i + 3].iter().cloned()).collect();
                         let path = original[..original.len() - 2].iter().cloned().collect();
-                        let replacement = match syn::parse2::<Path>(path) {
-                            Ok(path) => self.replacement(&path, group.stream()),
-                            Err(_) => None,
-                        };
-                        match replacement {
-                            Some(replacement) => out.extend(replacement),
-                            None => out.extend(original),
+                        match syn::parse2::<Path>(path) {
+                            Ok(path) => out.extend(self.replacement(&path, group.stream())),
+                            // Not a path after all: leave the tokens to the other macro.
+                            Err(_) => out.extend(original),
                         }
                         i += 3;
                         continue;
@@ -105,7 +107,8 @@ impl RetryRewriter<'_> {
                 // Leave `async { … }`, `async move { … }` and `fn name(…) { … }` as they are: as in
                 // the syntax tree, a `retry!` there does not belong to the job.
                 TokenTree::Ident(ident) if ident == "async" || ident == "fn" => {
-                    let end = if ident == "async" { async_block_end(&input, i) } else { fn_item_end(&input, i) };
+                    let end =
+                        if ident == "async" { async_block_end(&input, i) } else { fn_item_end(&input, i) };
                     let end = end.unwrap_or(i + 1);
                     out.extend(input[i..end].iter().cloned());
                     i = end;
@@ -179,12 +182,11 @@ impl VisitMut for RetryRewriter<'_> {
         if let Expr::Macro(m) = expr
             && is_retry(&m.mac.path)
         {
-            if let Some(mut replacement) = self.replace_macro(&m.mac) {
-                if let Expr::Block(block) = &mut replacement {
-                    block.attrs = std::mem::take(&mut m.attrs);
-                }
-                *expr = replacement;
+            let mut replacement = self.replace_macro(&m.mac);
+            if let Expr::Block(block) = &mut replacement {
+                block.attrs = std::mem::take(&mut m.attrs);
             }
+            *expr = replacement;
             return;
         }
         visit_mut::visit_expr_mut(self, expr);
@@ -194,12 +196,11 @@ impl VisitMut for RetryRewriter<'_> {
         if let Stmt::Macro(m) = stmt
             && is_retry(&m.mac.path)
         {
-            if let Some(mut replacement) = self.replace_macro(&m.mac) {
-                if let Expr::Block(block) = &mut replacement {
-                    block.attrs = std::mem::take(&mut m.attrs);
-                }
-                *stmt = Stmt::Expr(replacement, m.semi_token);
+            let mut replacement = self.replace_macro(&m.mac);
+            if let Expr::Block(block) = &mut replacement {
+                block.attrs = std::mem::take(&mut m.attrs);
             }
+            *stmt = Stmt::Expr(replacement, m.semi_token);
             return;
         }
         visit_mut::visit_stmt_mut(self, stmt);

@@ -62,11 +62,8 @@ impl fmt::Display for Migration {
 }
 
 /// Every migration this build knows, in the order they apply.
-pub static MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "jobs",
-    sql: include_str!("../migrations/001_jobs.up.sql"),
-}];
+pub static MIGRATIONS: &[Migration] =
+    &[Migration { version: 1, name: "jobs", sql: include_str!("../migrations/001_jobs.up.sql") }];
 
 /// The key of the transaction-level advisory lock that serialises migrations ("koyo_job" in
 /// ASCII): fixed, so that every process and every version of koyo-job takes the same lock.
@@ -185,15 +182,10 @@ pub async fn migrate(client: &mut Client, schema: Option<&str>) -> Result<Report
         .start()
         .await
         .map_err(MigrateError::Lock)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
-        .await
-        .map_err(MigrateError::Lock)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await.map_err(MigrateError::Lock)?;
 
     if let Some(schema) = schema {
-        let schema_error = |source| MigrateError::Schema {
-            schema: schema.to_owned(),
-            source,
-        };
+        let schema_error = |source| MigrateError::Schema { schema: schema.to_owned(), source };
         // The server quotes the identifier (`%I`), so no user input is ever spliced into SQL here.
         let create: String = tx
             .query_one("SELECT format('CREATE SCHEMA IF NOT EXISTS %I', $1::text)", &[&schema])
@@ -201,14 +193,10 @@ pub async fn migrate(client: &mut Client, schema: Option<&str>) -> Result<Report
             .map_err(schema_error)?
             .get(0);
         tx.batch_execute(&create).await.map_err(schema_error)?;
-        tx.execute("SELECT set_config('search_path', $1, true)", &[&schema])
-            .await
-            .map_err(schema_error)?;
+        tx.execute("SELECT set_config('search_path', $1, true)", &[&schema]).await.map_err(schema_error)?;
     }
 
-    tx.batch_execute(CREATE_VERSION_TABLE)
-        .await
-        .map_err(MigrateError::Versions)?;
+    tx.batch_execute(CREATE_VERSION_TABLE).await.map_err(MigrateError::Versions)?;
     let done: Vec<i32> = tx
         .query("SELECT version FROM koyo_job_migrations ORDER BY version", &[])
         .await
@@ -224,11 +212,8 @@ pub async fn migrate(client: &mut Client, schema: Option<&str>) -> Result<Report
 
     let mut applied = Vec::new();
     for migration in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
-        let apply_error = |source| MigrateError::Apply {
-            version: migration.version,
-            name: migration.name,
-            source,
-        };
+        let apply_error =
+            |source| MigrateError::Apply { version: migration.version, name: migration.name, source };
         tx.batch_execute(migration.sql).await.map_err(apply_error)?;
         tx.execute(
             "INSERT INTO koyo_job_migrations (version, name) VALUES ($1, $2)",
@@ -281,11 +266,7 @@ pub async fn status(client: &Client, schema: Option<&str>) -> Result<Status, Mig
     Ok(Status {
         version: done.last().copied(),
         latest: latest(),
-        pending: MIGRATIONS
-            .iter()
-            .map(|m| m.version)
-            .filter(|version| !done.contains(version))
-            .collect(),
+        pending: MIGRATIONS.iter().map(|m| m.version).filter(|version| !done.contains(version)).collect(),
     })
 }
 
@@ -337,11 +318,7 @@ fn validate_schema(name: &str) -> Result<&str, MigrateError> {
     let valid = (1..=63).contains(&name.len())
         && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if valid {
-        Ok(name)
-    } else {
-        Err(MigrateError::InvalidSchema { name: name.to_owned() })
-    }
+    if valid { Ok(name) } else { Err(MigrateError::InvalidSchema { name: name.to_owned() }) }
 }
 
 #[cfg(test)]
@@ -358,10 +335,7 @@ mod tests {
     #[test]
     fn migration_names_are_safe_in_a_quoted_sql_literal() {
         for migration in MIGRATIONS {
-            assert!(
-                migration.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
-                "{migration:?}"
-            );
+            assert!(migration.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{migration:?}");
         }
     }
 
@@ -375,9 +349,9 @@ mod tests {
     #[test]
     fn schema_names_that_need_quoting_are_rejected() {
         let long = "a".repeat(64);
-        for name in [
-            "", "Jobs", "1jobs", "jobs-x", "jobs x", "jo\"bs", "jobs;drop", "sch\u{e9}ma", "$user", &long,
-        ] {
+        for name in
+            ["", "Jobs", "1jobs", "jobs-x", "jobs x", "jo\"bs", "jobs;drop", "sch\u{e9}ma", "$user", &long]
+        {
             assert!(
                 matches!(validate_schema(name), Err(MigrateError::InvalidSchema { .. })),
                 "{name:?} was accepted"
@@ -407,10 +381,7 @@ mod tests {
 
     #[test]
     fn script_rejects_an_invalid_schema() {
-        assert!(matches!(
-            script(Some("x\"; DROP TABLE y; --")),
-            Err(MigrateError::InvalidSchema { .. })
-        ));
+        assert!(matches!(script(Some("x\"; DROP TABLE y; --")), Err(MigrateError::InvalidSchema { .. })));
     }
 
     #[test]

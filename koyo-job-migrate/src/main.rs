@@ -101,9 +101,7 @@ impl From<MigrateError> for CliError {
 }
 
 fn main() -> ExitCode {
-    let result = parse_args(std::env::args_os().skip(1))
-        .map_err(CliError::from)
-        .and_then(execute);
+    let result = parse_args(std::env::args_os().skip(1)).map_err(CliError::from).and_then(execute);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -179,11 +177,7 @@ fn describe_report(report: &Report) -> String {
     if report.applied.is_empty() {
         format!("already at version {}\n", report.version)
     } else {
-        format!(
-            "applied {} migration(s); schema is at version {}\n",
-            report.applied.len(),
-            report.version
-        )
+        format!("applied {} migration(s); schema is at version {}\n", report.applied.len(), report.version)
     }
 }
 
@@ -201,10 +195,7 @@ fn describe_status(status: &Status) -> String {
         let versions: Vec<String> = status.pending.iter().map(i32::to_string).collect();
         versions.join(", ")
     };
-    format!(
-        "current version: {current}\nlatest version:  {}\npending:         {pending}\n",
-        status.latest
-    )
+    format!("current version: {current}\nlatest version:  {}\npending:         {pending}\n", status.latest)
 }
 
 /// The error and its causes on one line. tokio-postgres's errors print only their kind and keep
@@ -229,9 +220,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         // A URL is not echoed in messages even when misplaced: it may hold a password.
-        let arg = arg
-            .into_string()
-            .map_err(|_| UsageError("arguments must be valid UTF-8".into()))?;
+        let arg = arg.into_string().map_err(|_| UsageError("arguments must be valid UTF-8".into()))?;
         let (flag, inline_value) = match arg.split_once('=') {
             Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
             _ => (arg.as_str(), None),
@@ -241,7 +230,9 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
             "-V" | "--version" => return Ok(Invocation::Version),
             "--print" if inline_value.is_some() => return Err(UsageError("--print takes no value".into())),
             "--print" => print = true,
-            "--database-url" => set_once(&mut database_url, "--database-url", value(inline_value, &mut args, flag)?)?,
+            "--database-url" => {
+                set_once(&mut database_url, "--database-url", value(inline_value, &mut args, flag)?)?
+            }
             "--schema" => set_once(&mut schema, "--schema", value(inline_value, &mut args, flag)?)?,
             "up" | "status" => {
                 let parsed = if flag == "up" { Command::Up } else { Command::Status };
@@ -267,11 +258,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
         }
         return Ok(Invocation::Print { schema });
     }
-    Ok(Invocation::Run(Run {
-        command: command.unwrap_or(Command::Up),
-        database_url,
-        schema,
-    }))
+    Ok(Invocation::Run(Run { command: command.unwrap_or(Command::Up), database_url, schema }))
 }
 
 /// The value of an option given as `--flag value` or `--flag=value`.
@@ -369,11 +356,9 @@ mod tests {
     #[test]
     fn usage_errors_never_echo_a_url() {
         let secret = "postgresql://user:hunter2@db/app";
-        for args in [
-            &[secret][..],
-            &["--database-url", "a", "--database-url", secret],
-            &["--database_url", secret],
-        ] {
+        for args in
+            [&[secret][..], &["--database-url", "a", "--database-url", secret], &["--database_url", secret]]
+        {
             let message = parse(args).unwrap_err().0;
             assert!(!message.contains("hunter2"), "{message}");
         }

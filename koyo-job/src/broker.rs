@@ -143,7 +143,8 @@ impl Broker {
 /// Stores one job through `client`, which may be inside an open transaction.
 pub(crate) async fn enqueue_with<C: Executor + ?Sized>(client: &C, job: NewJob) -> Result<JobId, Error> {
     let params = insert_one_params(&job);
-    let typed: Vec<(&(dyn ToSql + Sync), Type)> = params.as_refs().into_iter().zip(INSERT_ONE_TYPES).collect();
+    let typed: Vec<(&(dyn ToSql + Sync), Type)> =
+        params.as_refs().into_iter().zip(INSERT_ONE_TYPES).collect();
     let row = client.pg_client().query_typed(sql::INSERT_ONE, &typed).await?;
     let row = row.into_iter().next().ok_or_else(|| Error::Config("insert returned no row".into()))?;
     Ok(JobId(row.get(0)))

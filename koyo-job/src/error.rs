@@ -26,7 +26,9 @@ pub enum Error {
     #[error("invalid priority {0}: priorities run from 0 (first) to 32767")]
     InvalidPriority(i16),
     /// The encoded arguments are over [`crate::MAX_ARGS_BYTES`].
-    #[error("job arguments take {size} bytes, over the limit of {limit} bytes; store large data elsewhere and pass its key")]
+    #[error(
+        "job arguments take {size} bytes, over the limit of {limit} bytes; store large data elsewhere and pass its key"
+    )]
     ArgsTooLarge { size: usize, limit: usize },
     /// The arguments could not be serialized.
     #[error("job arguments could not be serialized: {0}")]
@@ -92,7 +94,9 @@ impl fmt::Display for JobFailure {
             JobFailure::Error(msg) => write!(f, "failed: {msg}"),
             JobFailure::Panicked(msg) => write!(f, "panicked: {msg}"),
             JobFailure::TimedOut(after) => write!(f, "timed out after {after:?}"),
-            JobFailure::RetryRequested { reason: Some(reason), .. } => write!(f, "asked to be retried: {reason}"),
+            JobFailure::RetryRequested { reason: Some(reason), .. } => {
+                write!(f, "asked to be retried: {reason}")
+            }
             JobFailure::RetryRequested { reason: None, .. } => write!(f, "asked to be retried"),
         }
     }

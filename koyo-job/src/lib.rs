@@ -44,13 +44,15 @@ mod worker;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// The connection pool koyo-job is built on, re-exported for the same reason.
+pub use deadpool_postgres;
 /// The PostgreSQL client koyo-job is built on, re-exported so that transactions passed to
 /// [`Job::enqueue_in`] come from the same version.
 pub use tokio_postgres;
-/// The connection pool koyo-job is built on, re-exported for the same reason.
-pub use deadpool_postgres;
 
-pub use broker::{Broker, BrokerOptions, Executor, current_broker, enqueue_many_in, set_current_broker, with_broker};
+pub use broker::{
+    Broker, BrokerOptions, Executor, current_broker, enqueue_many_in, set_current_broker, with_broker,
+};
 pub use codec::{DecodeError, MAX_ARGS_BYTES};
 pub use error::{Error, JobFailure};
 pub use inline::run_jobs_inline;
@@ -133,7 +135,11 @@ pub mod __private {
 
     /// What a rewritten `retry!(…)` evaluates to: records the request and yields the value the
     /// body returns to end the attempt.
-    pub fn retry<T: JobOutput>(ctx: &JobContext, delay: Option<std::time::Duration>, reason: Option<String>) -> T {
+    pub fn retry<T: JobOutput>(
+        ctx: &JobContext,
+        delay: Option<std::time::Duration>,
+        reason: Option<String>,
+    ) -> T {
         ctx.request_retry(RetryRequest { delay, reason });
         T::retry_placeholder()
     }

@@ -32,7 +32,10 @@ impl Registry {
     /// problem found with it.
     pub fn global() -> Result<&'static Registry, RegistryError> {
         static GLOBAL: OnceLock<Result<Registry, RegistryError>> = OnceLock::new();
-        GLOBAL.get_or_init(|| Registry::build(inventory::iter::<Registration>().map(|r| r.0))).as_ref().map_err(Clone::clone)
+        GLOBAL
+            .get_or_init(|| Registry::build(inventory::iter::<Registration>().map(|r| r.0)))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     fn build(descriptors: impl Iterator<Item = &'static JobDescriptor>) -> Result<Registry, RegistryError> {
@@ -101,7 +104,11 @@ mod tests {
         let err = Registry::build([&B, &A].into_iter()).unwrap_err();
         assert_eq!(
             err,
-            RegistryError::Duplicate { name: "same", first: "src/a.rs:1".into(), second: "src/b.rs:2".into() }
+            RegistryError::Duplicate {
+                name: "same",
+                first: "src/a.rs:1".into(),
+                second: "src/b.rs:2".into()
+            }
         );
         assert!(err.to_string().contains("src/a.rs:1") && err.to_string().contains("src/b.rs:2"));
     }

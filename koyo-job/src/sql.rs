@@ -184,6 +184,9 @@ SELECT
         FROM (SELECT queue FROM rescued WHERE status = 'ready' UNION SELECT queue FROM promoted) AS u(q)
     ) AS n) AS notified,
     EXISTS (SELECT 1 FROM koyo_jobs WHERE status = 'ready' AND queue = ANY($2::text[])) AS ready,
-    (SELECT EXTRACT(EPOCH FROM min(scheduled_at) - now())::float8
-     FROM koyo_jobs
-     WHERE status = 'scheduled' AND queue = ANY($2::text[]) AND scheduled_at > now()) AS next_due_secs";
+    -- Per queue, so each is a one-entry index probe rather than a scan of all future jobs.
+    (SELECT EXTRACT(EPOCH FROM min(n.at) - now())::float8
+     FROM unnest($2::text[]) AS q(name),
+          LATERAL (SELECT scheduled_at AS at FROM koyo_jobs
+                   WHERE status = 'scheduled' AND queue = q.name AND scheduled_at > now()
+                   ORDER BY scheduled_at LIMIT 1) AS n) AS next_due_secs";

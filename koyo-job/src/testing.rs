@@ -123,10 +123,7 @@ impl TestDatabase {
 impl fmt::Debug for TestDatabase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // `tokio_postgres::Config`'s `Debug` redacts the password.
-        f.debug_struct("TestDatabase")
-            .field("name", &self.name)
-            .field("config", &self.config)
-            .finish()
+        f.debug_struct("TestDatabase").field("name", &self.name).field("config", &self.config).finish()
     }
 }
 
@@ -140,9 +137,8 @@ impl Drop for TestDatabase {
     fn drop(&mut self) {
         let admin = self.server.admin.clone();
         let name = self.name.clone();
-        let dropper = std::thread::Builder::new()
-            .name("koyo-test-drop-db".into())
-            .spawn(move || -> Result<(), String> {
+        let dropper = std::thread::Builder::new().name("koyo-test-drop-db".into()).spawn(
+            move || -> Result<(), String> {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -154,11 +150,10 @@ impl Drop for TestDatabase {
                         .await
                         .map_err(|error| chain(&error))
                 })
-            });
+            },
+        );
         let outcome = match dropper {
-            Ok(thread) => thread
-                .join()
-                .unwrap_or_else(|_| Err("the dropping thread panicked".into())),
+            Ok(thread) => thread.join().unwrap_or_else(|_| Err("the dropping thread panicked".into())),
             Err(error) => Err(format!("could not start a thread: {error}")),
         };
         if let Err(reason) = outcome {
@@ -219,10 +214,7 @@ pub enum TestDbError {
 
 impl TestDbError {
     fn cluster(reason: impl Into<String>, source: impl Into<Option<io::Error>>) -> TestDbError {
-        TestDbError::Cluster {
-            reason: reason.into(),
-            source: source.into(),
-        }
+        TestDbError::Cluster { reason: reason.into(), source: source.into() }
     }
 }
 
@@ -257,10 +249,7 @@ async fn discover() -> Result<Server, TestDbError> {
         let probe = tokio::time::timeout(Duration::from_secs(5), connect(&admin));
         let Ok(Ok(client)) = probe.await else { continue };
         let may_create = client
-            .query_one(
-                "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user",
-                &[],
-            )
+            .query_one("SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user", &[])
             .await
             .is_ok_and(|row| row.get::<_, bool>(0));
         if may_create {
@@ -303,11 +292,7 @@ fn local_candidates() -> Vec<Config> {
                 Host::Tcp(name) => config.host(name),
                 Host::Unix(path) => config.host_path(path),
             };
-            config
-                .port(5432)
-                .user(user)
-                .dbname("postgres")
-                .connect_timeout(Duration::from_secs(2));
+            config.port(5432).user(user).dbname("postgres").connect_timeout(Duration::from_secs(2));
             candidates.push(config);
         }
     }
@@ -325,9 +310,8 @@ fn is_local(host: &Host) -> bool {
 /// server. Best effort: a plain `DROP DATABASE` (not `FORCE`) fails if anyone is still connected,
 /// which protects a live process this machine cannot see (another PID namespace).
 async fn drop_leftovers(client: &Client) {
-    let Ok(rows) = client
-        .query("SELECT datname FROM pg_database WHERE datname LIKE 'koyo_test_%'", &[])
-        .await
+    let Ok(rows) =
+        client.query("SELECT datname FROM pg_database WHERE datname LIKE 'koyo_test_%'", &[]).await
     else {
         return;
     };
@@ -379,9 +363,8 @@ struct ServerPrograms {
 /// Looks on `PATH`, then in the version directories of Debian/Ubuntu (`/usr/lib/postgresql/15/bin`)
 /// and RHEL (`/usr/pgsql-15/bin`), highest version first, then in a source build's default prefix.
 fn find_server_programs() -> Option<ServerPrograms> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|path| std::env::split_paths(&path).collect()).unwrap_or_default();
 
     let mut versioned: Vec<(Vec<u32>, PathBuf)> = Vec::new();
     for (parent, prefix, suffix) in [("/usr/lib/postgresql", "", "bin"), ("/usr", "pgsql-", "bin")] {
@@ -488,10 +471,7 @@ async fn start_cluster(programs: ServerPrograms) -> Result<Server, TestDbError> 
             if let Ok(Ok(_client)) = tokio::time::timeout(Duration::from_secs(2), connect(&admin)).await {
                 // The `Child` is dropped without waiting on purpose: postgres must outlive
                 // this handle, and the watchdog stops it.
-                return Ok(Server {
-                    admin,
-                    _watchdog: Some(watchdog),
-                });
+                return Ok(Server { admin, _watchdog: Some(watchdog) });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -506,10 +486,15 @@ type Owner = Option<(u32, u32)>;
 fn prepare_cluster(programs: &ServerPrograms) -> Result<(PathBuf, Owner, ChildStdin), TestDbError> {
     let dir = make_private_dir()?;
 
-    let owner = if fs::metadata(&dir).map_err(|error| TestDbError::cluster("could not inspect the cluster directory", error))?.uid() == 0 {
+    let owner = if fs::metadata(&dir)
+        .map_err(|error| TestDbError::cluster("could not inspect the cluster directory", error))?
+        .uid()
+        == 0
+    {
         let owner = postgres_os_user()?;
-        std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1))
-            .map_err(|error| TestDbError::cluster("could not give the cluster directory to the postgres user", error))?;
+        std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1)).map_err(|error| {
+            TestDbError::cluster("could not give the cluster directory to the postgres user", error)
+        })?;
         Some(owner)
     } else {
         None
@@ -538,9 +523,9 @@ fn prepare_cluster(programs: &ServerPrograms) -> Result<(PathBuf, Owner, ChildSt
         .current_dir(&dir)
         .stdin(Stdio::null());
     run_as(&mut initdb, owner);
-    let output = initdb
-        .output()
-        .map_err(|error| TestDbError::cluster(format!("could not run {}", programs.initdb.display()), error))?;
+    let output = initdb.output().map_err(|error| {
+        TestDbError::cluster(format!("could not run {}", programs.initdb.display()), error)
+    })?;
     if !output.status.success() {
         return Err(TestDbError::cluster(
             format!(
@@ -564,7 +549,12 @@ fn make_private_dir() -> Result<PathBuf, TestDbError> {
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => last_error = Some(error),
-            Err(error) => return Err(TestDbError::cluster(format!("could not create a directory in {}", base.display()), error)),
+            Err(error) => {
+                return Err(TestDbError::cluster(
+                    format!("could not create a directory in {}", base.display()),
+                    error,
+                ));
+            }
         }
     }
     Err(TestDbError::cluster(format!("could not create a directory in {}", base.display()), last_error))
@@ -601,7 +591,12 @@ fn free_port() -> io::Result<u16> {
     Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }
 
-fn spawn_postgres(programs: &ServerPrograms, dir: &Path, port: u16, owner: Owner) -> Result<Child, TestDbError> {
+fn spawn_postgres(
+    programs: &ServerPrograms,
+    dir: &Path,
+    port: u16,
+    owner: Owner,
+) -> Result<Child, TestDbError> {
     let log = File::create(dir.join("postgres.log"))
         .and_then(|log| Ok((log.try_clone()?, log)))
         .map_err(|error| TestDbError::cluster("could not create its log file", error))?;
@@ -623,9 +618,9 @@ fn spawn_postgres(programs: &ServerPrograms, dir: &Path, port: u16, owner: Owner
         .stderr(log.1)
         .process_group(0);
     run_as(&mut postgres, owner);
-    let child = postgres
-        .spawn()
-        .map_err(|error| TestDbError::cluster(format!("could not run {}", programs.postgres.display()), error))?;
+    let child = postgres.spawn().map_err(|error| {
+        TestDbError::cluster(format!("could not run {}", programs.postgres.display()), error)
+    })?;
     fs::write(dir.join("server.pid"), child.id().to_string())
         .map_err(|error| TestDbError::cluster("could not record the server's pid", error))?;
     Ok(child)
@@ -752,7 +747,15 @@ mod tests {
     fn only_names_this_module_generates_are_recognised_as_test_databases() {
         assert_eq!(test_database_pid("koyo_test_123_0"), Some(123));
         assert_eq!(test_database_pid("koyo_test_9_17"), Some(9));
-        for name in ["koyo_test_", "koyo_test_1", "koyo_test_x_1", "koyo_test_1_", "koyo_test_1_2_3", "app", "koyo_test_1_\""] {
+        for name in [
+            "koyo_test_",
+            "koyo_test_1",
+            "koyo_test_x_1",
+            "koyo_test_1_",
+            "koyo_test_1_2_3",
+            "app",
+            "koyo_test_1_\"",
+        ] {
             assert_eq!(test_database_pid(name), None, "{name}");
         }
     }

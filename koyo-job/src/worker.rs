@@ -193,7 +193,10 @@ impl WorkerBuilder {
             name::check_queue(queue)?;
         }
         if self.pool_size == 0 || self.pool_size > Semaphore::MAX_PERMITS.min(100_000) {
-            return Err(Error::WorkerConfig(format!("pool_size must be from 1 to 100000, not {}", self.pool_size)));
+            return Err(Error::WorkerConfig(format!(
+                "pool_size must be from 1 to 100000, not {}",
+                self.pool_size
+            )));
         }
         if self.poll_interval.is_zero() || self.lease < self.poll_interval * 3 {
             return Err(Error::WorkerConfig(format!(
@@ -258,10 +261,10 @@ impl WorkerHandle {
     /// pending result and removes the worker's row.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        if let Some(main) = self.main.take() {
-            if let Err(e) = main.await {
-                tracing::error!(error = %e, "koyo-job worker task ended abnormally");
-            }
+        if let Some(main) = self.main.take()
+            && let Err(e) = main.await
+        {
+            tracing::error!(error = %e, "koyo-job worker task ended abnormally");
         }
     }
 }
@@ -334,7 +337,12 @@ enum Verdict {
     Done,
     /// Back to `ready` (delay 0) or `scheduled`, or to `failed`; `adjust` is -1 when the
     /// attempt must not count.
-    Unsuccessful { status: &'static str, delay: Duration, error: String, adjust: i32 },
+    Unsuccessful {
+        status: &'static str,
+        delay: Duration,
+        error: String,
+        adjust: i32,
+    },
 }
 
 struct Completion {
@@ -435,7 +443,7 @@ async fn main_loop(
         tokio::select! {
             _ = stop.changed(), if !draining => {}
             _ = shared.wake.notified() => may_have_work = true,
-            _ = slot_freed(&shared.slots), if (may_have_work && saturated && !draining) || draining => {}
+            _ = slot_freed(&shared.slots), if (may_have_work && saturated) || draining => {}
             _ = tokio::time::sleep_until(wait_retry), if retry_at.is_some() => {}
             _ = tokio::time::sleep_until(wait_drain), if draining => break,
             _ = tokio::time::sleep_until(next_tick) => {
@@ -466,7 +474,9 @@ async fn main_loop(
                 tracing::warn!(error = %e, worker_id, "koyo-job worker could not remove its row; it will expire");
             }
         }
-        Err(e) => tracing::warn!(error = %e, worker_id, "koyo-job worker could not remove its row; it will expire"),
+        Err(e) => {
+            tracing::warn!(error = %e, worker_id, "koyo-job worker could not remove its row; it will expire")
+        }
     }
     tracing::info!(worker_id, "koyo-job worker stopped");
 }
@@ -497,7 +507,10 @@ async fn tick(
                 Instant::now() + Duration::from_secs_f64(secs.clamp(0.001, 86_400.0))
             });
             if report.rescued > 0 {
-                tracing::warn!(rescued = report.rescued, "koyo-job gave back jobs of workers that stopped heartbeating");
+                tracing::warn!(
+                    rescued = report.rescued,
+                    "koyo-job gave back jobs of workers that stopped heartbeating"
+                );
             }
         }
         Err(e) => log.error(&e),
@@ -567,7 +580,11 @@ async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePer
     let verdict = attempt(&shared, &job).await;
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.claim.id);
     drop(permit);
-    let _ = shared.completions.send(ToCompleter::Result(Completion { claim: job.claim, queue: job.queue, verdict }));
+    let _ = shared.completions.send(ToCompleter::Result(Completion {
+        claim: job.claim,
+        queue: job.queue,
+        verdict,
+    }));
 }
 
 /// Runs one attempt and decides how it ends.
@@ -591,7 +608,12 @@ async fn attempt(shared: &Shared, job: &ClaimedJob) -> Verdict {
         Ok(body) => body,
         Err(e) => {
             tracing::error!(job_id = %id, job = %job.name, error = %e, "koyo-job cannot decode a job's arguments; failing it");
-            return Verdict::Unsuccessful { status: "failed", delay: Duration::ZERO, error: e.to_string(), adjust: 0 };
+            return Verdict::Unsuccessful {
+                status: "failed",
+                delay: Duration::ZERO,
+                error: e.to_string(),
+                adjust: 0,
+            };
         }
     };
     let timeout = descriptor.timeout.or(shared.job_timeout);
@@ -704,7 +726,10 @@ async fn write_until_done(shared: &Shared, batch: &[Completion], log: &mut Quiet
             Err(e) => log.error(&e),
         }
         if last && Instant::now() >= give_up {
-            tracing::error!(jobs = batch.len(), "koyo-job could not write job results before stopping; they will run again");
+            tracing::error!(
+                jobs = batch.len(),
+                "koyo-job could not write job results before stopping; they will run again"
+            );
             return;
         }
         tokio::time::sleep(pause).await;
@@ -825,7 +850,9 @@ async fn release_unfinished(shared: &Shared) {
     .await;
     match result {
         Ok(released) => tracing::info!(released, worker_id, "koyo-job released unfinished jobs"),
-        Err(e) => tracing::error!(error = %e, "koyo-job could not release unfinished jobs; they will be rescued after the lease"),
+        Err(e) => {
+            tracing::error!(error = %e, "koyo-job could not release unfinished jobs; they will be rescued after the lease")
+        }
     }
 }
 
@@ -843,7 +870,8 @@ async fn listen(shared: Arc<Shared>) {
         if started.elapsed() > Duration::from_secs(30) {
             pause = Duration::from_millis(100);
         }
-        let jitter = pause.mul_f64(std::collections::hash_map::RandomState::new().hash_one(0) as f64 / u64::MAX as f64);
+        let jitter = pause
+            .mul_f64(std::collections::hash_map::RandomState::new().hash_one(0) as f64 / u64::MAX as f64);
         tokio::time::sleep(pause + jitter / 2).await;
         pause = (pause * 2).min(Duration::from_secs(10));
     }
@@ -916,8 +944,15 @@ mod tests {
         let b = Backoff::exponential(Duration::from_millis(10), Duration::from_millis(10));
         assert!(matches!(verdict_for(Ok(()), 1, 3, &b), Verdict::Done));
         let failed = verdict_for(Err(JobFailure::Error("boom".into())), 3, 3, &b);
-        assert!(matches!(failed, Verdict::Unsuccessful { status: "failed", ref error, .. } if error.contains("boom")));
-        let retry = verdict_for(Err(JobFailure::RetryRequested { delay: Some(Duration::ZERO), reason: None }), 1, 3, &b);
+        assert!(
+            matches!(failed, Verdict::Unsuccessful { status: "failed", ref error, .. } if error.contains("boom"))
+        );
+        let retry = verdict_for(
+            Err(JobFailure::RetryRequested { delay: Some(Duration::ZERO), reason: None }),
+            1,
+            3,
+            &b,
+        );
         assert!(matches!(retry, Verdict::Unsuccessful { status: "ready", .. }));
         let later = verdict_for(Err(JobFailure::Panicked("p".into())), 1, 3, &b);
         assert!(matches!(later, Verdict::Unsuccessful { status: "scheduled", .. }));

@@ -46,6 +46,7 @@ enum Shape {
 }
 
 #[define_job(queue = "args")]
+#[allow(clippy::too_many_arguments)]
 async fn many_args(
     key: String,
     text: String,
@@ -113,7 +114,8 @@ async fn awaiting_with_no_current_broker_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arguments_round_trip_through_a_worker() {
     let env = env().await;
-    let address = Address { street: "Große Straße ✓".into(), number: 7, tags: vec!["a".into(), "ü".into()] };
+    let address =
+        Address { street: "Große Straße ✓".into(), number: 7, tags: vec!["a".into(), "ü".into()] };
     let shapes = vec![Shape::Circle { radius: 1.5 }, Shape::Square(3), Shape::Empty];
     let id = many_args(
         env.key.clone(),
@@ -239,7 +241,11 @@ async fn arguments_over_the_size_cap_are_refused_and_nothing_is_inserted() {
     let env = env().await;
     let err = big(vec![7; koyo_job::MAX_ARGS_BYTES]).enqueue_on(&env.broker).await.unwrap_err();
     assert!(matches!(err, Error::ArgsTooLarge { .. }), "{err:?}");
-    let err = env.broker.enqueue_many([big(vec![1]), big(vec![7; koyo_job::MAX_ARGS_BYTES + 1])]).await.unwrap_err();
+    let err = env
+        .broker
+        .enqueue_many([big(vec![1]), big(vec![7; koyo_job::MAX_ARGS_BYTES + 1])])
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::ArgsTooLarge { .. }), "{err:?}");
     let n: i64 = env.query("SELECT count(*) FROM koyo_jobs", &[]).await[0].get(0);
     assert_eq!(n, 0);
@@ -299,10 +305,12 @@ async fn a_database_that_is_down_gives_an_error_not_a_hang() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_jobs_start_in_the_scheduled_state() {
     let env = env().await;
-    let later = koyo_job::schedule_in(Duration::from_secs(3600), plain()).enqueue_on(&env.broker).await.unwrap();
+    let later =
+        koyo_job::schedule_in(Duration::from_secs(3600), plain()).enqueue_on(&env.broker).await.unwrap();
     let at = time::OffsetDateTime::now_utc() + time::Duration::hours(2);
     let absolute = koyo_job::schedule_at(at, plain()).enqueue_on(&env.broker).await.unwrap();
-    let past = koyo_job::schedule_at(at - time::Duration::days(1), plain()).enqueue_on(&env.broker).await.unwrap();
+    let past =
+        koyo_job::schedule_at(at - time::Duration::days(1), plain()).enqueue_on(&env.broker).await.unwrap();
     assert_eq!(env.job(later).await.status, "scheduled");
     let row = env.job(absolute).await;
     assert_eq!(row.status, "scheduled");

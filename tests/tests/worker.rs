@@ -129,7 +129,8 @@ async fn lower_priority_runs_first_and_fifo_within_a_priority() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_job_is_not_run_early_and_is_run_soon_after() {
     let env = env().await;
-    let worker = env.worker().queue("later").poll_interval(Duration::from_secs(5)).lease(Duration::from_secs(20));
+    let worker =
+        env.worker().queue("later").poll_interval(Duration::from_secs(5)).lease(Duration::from_secs(20));
     let worker = worker.start().await.unwrap();
     let id = koyo_job::schedule_in(Duration::from_millis(1500), stamped(env.key.clone()))
         .enqueue_on(&env.broker)
@@ -234,14 +235,17 @@ async fn two_workers_on_one_queue_never_run_a_job_twice() {
     env.broker.enqueue_many(jobs).await.unwrap();
     let a = env.worker().queue("busy").pool_size(8).start().await.unwrap();
     let b = env.worker().queue("busy").pool_size(8).start().await.unwrap();
-    env.wait_for_count("SELECT count(*) FROM koyo_jobs WHERE status = 'done'", n as i64, Duration::from_secs(30))
-        .await;
+    env.wait_for_count(
+        "SELECT count(*) FROM koyo_jobs WHERE status = 'done'",
+        n as i64,
+        Duration::from_secs(30),
+    )
+    .await;
     a.shutdown().await;
     b.shutdown().await;
     let row = &env.query("SELECT count(*), count(DISTINCT job_id) FROM ledger", &[]).await[0];
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (n as i64, n as i64));
-    let by_worker: i64 =
-        env.query("SELECT count(DISTINCT worker_id) FROM koyo_jobs", &[]).await[0].get(0);
+    let by_worker: i64 = env.query("SELECT count(DISTINCT worker_id) FROM koyo_jobs", &[]).await[0].get(0);
     assert_eq!(by_worker, 2, "both workers took part");
 }
 
@@ -324,12 +328,19 @@ async fn corrupt_argument_bytes_fail_the_job_with_a_clear_error_and_the_worker_l
     huge_prefix.extend_from_slice(&[0xFD, 0, 0, 0, 0, 0, 1, 0, 0]);
     let mut trailing = key_bytes.clone();
     trailing.extend_from_slice(&[1, b'x', 0xFF, 0xFF]);
-    let cases: [(&str, Vec<u8>); 4] =
-        [("truncated", truncated), ("huge length prefix", huge_prefix), ("trailing bytes", trailing), ("empty", vec![])];
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("truncated", truncated),
+        ("huge length prefix", huge_prefix),
+        ("trailing bytes", trailing),
+        ("empty", vec![]),
+    ];
     let mut ids = Vec::new();
     for (_, bytes) in &cases {
         let row = &env
-            .query("INSERT INTO koyo_jobs (queue, job, args) VALUES ('corrupt', $1, $2) RETURNING id", &[&name, bytes])
+            .query(
+                "INSERT INTO koyo_jobs (queue, job, args) VALUES ('corrupt', $1, $2) RETURNING id",
+                &[&name, bytes],
+            )
             .await[0];
         ids.push(JobId(row.get(0)));
     }
@@ -356,7 +367,14 @@ async fn middleware_wraps_every_run_and_sees_the_job() {
         let log = log.clone();
         async move {
             let outcome = next.run().await;
-            log.lock().unwrap().push(format!("{} {} {} {} {:?}", job.id.0 > 0, job.queue, job.name, job.attempt, outcome));
+            log.lock().unwrap().push(format!(
+                "{} {} {} {} {:?}",
+                job.id.0 > 0,
+                job.queue,
+                job.name,
+                job.attempt,
+                outcome
+            ));
             outcome
         }
     };
@@ -366,10 +384,7 @@ async fn middleware_wraps_every_run_and_sees_the_job() {
     worker.shutdown().await;
     let seen = seen.lock().unwrap().clone();
     let err = "Err(Error(\"the mail server said no\"))";
-    assert_eq!(
-        seen,
-        [1, 2, 3].map(|n| format!("true fail worker::always_fails {n} {err}")),
-    );
+    assert_eq!(seen, [1, 2, 3].map(|n| format!("true fail worker::always_fails {n} {err}")),);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use koyo_job::define_job;
     max_attempts = 5,
     name = "mail.send_welcome:v2",
     priority = 10,
-    queue = "mail",
+    queue = "mail"
 )]
 pub async fn send_welcome(user_id: i64, email: String) {
     let _ = (user_id, email);
