@@ -7,16 +7,18 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{NoTls, Row};
 
 use crate::error::Error;
 use crate::job::{IntoNewJob, JobId, NewJob, RunAt};
 use crate::sql;
 
 /// Settings for a [`Broker`]'s connections.
+///
+/// Build it with struct update syntax:
+/// `BrokerOptions { max_connections: 32, ..BrokerOptions::default() }`.
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct BrokerOptions {
     /// Most connections the pool opens (default 16). Workers on this broker take connections
     /// from it for claims and completions; each worker also opens one LISTEN connection of
@@ -26,6 +28,13 @@ pub struct BrokerOptions {
     pub connect_timeout: Duration,
     /// How long to wait for a free pooled connection before it is an error (default 10 s).
     pub acquire_timeout: Duration,
+    /// How long any one koyo-job statement may take before it is an error and its connection
+    /// is discarded (default 30 s). This is what keeps a worker alive when the server hangs.
+    pub statement_timeout: Duration,
+    /// Whether to keep named prepared statements on pooled connections (default true). Turn it
+    /// off behind PgBouncer in transaction mode: every statement is then sent as one unnamed
+    /// parse-bind-execute round trip.
+    pub prepared_statements: bool,
 }
 
 impl Default for BrokerOptions {
@@ -34,6 +43,8 @@ impl Default for BrokerOptions {
             max_connections: 16,
             connect_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
+            prepared_statements: true,
         }
     }
 }
@@ -48,6 +59,7 @@ pub struct Broker {
 
 struct Inner {
     pool: Pool,
+    options: BrokerOptions,
     // `tokio_postgres::Config`'s Debug output hides the password, unlike deadpool's config.
     config: tokio_postgres::Config,
 }
@@ -95,7 +107,7 @@ impl Broker {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(Broker { inner: Arc::new(Inner { pool, config }) })
+        Ok(Broker { inner: Arc::new(Inner { pool, options, config }) })
     }
 
     /// The connection pool, for the application's own queries.
@@ -113,12 +125,51 @@ impl Broker {
         Ok(self.inner.pool.get().await?)
     }
 
+    /// The options this broker was built with.
+    pub fn options(&self) -> &BrokerOptions {
+        &self.inner.options
+    }
+
+    /// Runs one of koyo-job's statements on a pooled connection, within the statement timeout.
+    /// A connection whose statement timed out is discarded, not returned to the pool: it may
+    /// belong to a server that hangs.
+    pub(crate) async fn query(
+        &self,
+        stmt: &sql::Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        let client = self.client().await?;
+        let limit = self.inner.options.statement_timeout;
+        let run = async {
+            if self.inner.options.prepared_statements {
+                let prepared = client.prepare_cached(stmt.sql).await?;
+                client.query(&prepared, params).await
+            } else {
+                query_typed(&client, stmt, params).await
+            }
+        };
+        match tokio::time::timeout(limit, run).await {
+            Ok(rows) => Ok(rows?),
+            Err(_) => {
+                drop(Object::take(client));
+                Err(Error::Timeout(limit))
+            }
+        }
+    }
+
+    /// Like [`Broker::query`], for statements that return exactly one row.
+    pub(crate) async fn query_one(
+        &self,
+        stmt: &sql::Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, Error> {
+        self.query(stmt, params).await?.into_iter().next().ok_or(Error::NoRow(stmt_name(stmt)))
+    }
+
     /// Stores one job and returns its id. Synchronous mode does not apply.
     pub async fn enqueue(&self, job: impl IntoNewJob) -> Result<JobId, Error> {
         let job = job.into_new_job()?;
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(sql::INSERT_ONE).await?;
-        let row = client.query_one(&stmt, &insert_one_params(&job).as_refs()).await?;
+        let row = self.query_one(&sql::INSERT_ONE, &insert_one_params(&job).as_refs()).await?;
         Ok(JobId(row.get(0)))
     }
 
@@ -133,21 +184,32 @@ impl Broker {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(sql::INSERT_MANY).await?;
-        let row = client.query_one(&stmt, &batch.params()).await?;
+        let row = self.query_one(&sql::INSERT_MANY, &batch.params()).await?;
         Ok(batch_ids(&row))
     }
 }
 
 /// Stores one job through `client`, which may be inside an open transaction.
 pub(crate) async fn enqueue_with<C: Executor + ?Sized>(client: &C, job: NewJob) -> Result<JobId, Error> {
-    let params = insert_one_params(&job);
-    let typed: Vec<(&(dyn ToSql + Sync), Type)> =
-        params.as_refs().into_iter().zip(INSERT_ONE_TYPES).collect();
-    let row = client.pg_client().query_typed(sql::INSERT_ONE, &typed).await?;
-    let row = row.into_iter().next().ok_or_else(|| Error::Config("insert returned no row".into()))?;
+    let rows = query_typed(client.pg_client(), &sql::INSERT_ONE, &insert_one_params(&job).as_refs()).await?;
+    let row = rows.first().ok_or(Error::NoRow(stmt_name(&sql::INSERT_ONE)))?;
     Ok(JobId(row.get(0)))
+}
+
+/// Sends a statement as one unnamed parse-bind-execute round trip.
+pub(crate) async fn query_typed(
+    client: &tokio_postgres::Client,
+    stmt: &sql::Statement,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let typed: Vec<(&(dyn ToSql + Sync), Type)> =
+        params.iter().copied().zip(stmt.types.iter().cloned()).collect();
+    client.query_typed(stmt.sql, &typed).await
+}
+
+/// The first line of a statement, to name it in errors.
+fn stmt_name(stmt: &sql::Statement) -> &'static str {
+    stmt.sql.trim_start().lines().next().unwrap_or("")
 }
 
 /// Stores many jobs through `client`, which may be inside an open transaction: they exist
@@ -162,8 +224,7 @@ where
     if batch.is_empty() {
         return Ok(Vec::new());
     }
-    let typed: Vec<(&(dyn ToSql + Sync), Type)> = batch.params().into_iter().zip(INSERT_MANY_TYPES).collect();
-    let rows = client.pg_client().query_typed(sql::INSERT_MANY, &typed).await?;
+    let rows = query_typed(client.pg_client(), &sql::INSERT_MANY, &batch.params()).await?;
     Ok(rows.first().map(batch_ids).unwrap_or_default())
 }
 
@@ -198,19 +259,6 @@ impl Executor for deadpool_postgres::Transaction<'_> {
         tokio_postgres::GenericClient::client(&**self)
     }
 }
-
-const INSERT_ONE_TYPES: [Type; 7] =
-    [Type::TEXT, Type::TEXT, Type::BYTEA, Type::INT2, Type::INT4, Type::TIMESTAMPTZ, Type::FLOAT8];
-
-const INSERT_MANY_TYPES: [Type; 7] = [
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::BYTEA_ARRAY,
-    Type::INT2_ARRAY,
-    Type::INT4_ARRAY,
-    Type::TIMESTAMPTZ_ARRAY,
-    Type::FLOAT8_ARRAY,
-];
 
 /// The parameters of [`sql::INSERT_ONE`] for one job.
 struct InsertOne<'a> {

@@ -44,7 +44,20 @@ pub enum Error {
     Decode(#[from] DecodeError),
     /// The database rejected a statement or the connection failed.
     #[error("database error: {0}")]
-    Database(#[from] tokio_postgres::Error),
+    Database(tokio_postgres::Error),
+    /// The database is read-only: a hot standby, or `default_transaction_read_only` is on.
+    #[error(
+        "the database is read-only (a hot standby, or default_transaction_read_only is on): jobs \
+         cannot be stored or claimed there; connect to the primary, e.g. with \
+         target_session_attrs=read-write"
+    )]
+    ReadOnly(#[source] tokio_postgres::Error),
+    /// A statement took longer than the broker's statement timeout; its connection was dropped.
+    #[error("the database did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// A statement that always returns a row returned none.
+    #[error("the statement starting {0:?} returned no row")]
+    NoRow(&'static str),
     /// No connection could be had from the pool in time.
     #[error("could not get a database connection: {0}")]
     Pool(String),
@@ -60,15 +73,32 @@ pub enum Error {
     /// A worker was configured in a way that cannot work.
     #[error("invalid worker configuration: {0}")]
     WorkerConfig(String),
+    /// `complete_in` was called outside a job body.
+    #[error("koyo_job::complete_in can only be called from a job body")]
+    NotInJob,
+    /// This attempt no longer owns its job: another worker took it over after this one missed
+    /// its heartbeats. Nothing was written.
+    #[error("job {id} was taken over by another worker (this attempt's lease was lost)")]
+    LeaseLost { id: crate::job::JobId },
     /// In synchronous mode, the job ran in place and did not succeed.
     #[error("job {job} ran inline and {failure}")]
     Inline { job: &'static str, failure: JobFailure },
 }
 
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) {
+            Error::ReadOnly(e)
+        } else {
+            Error::Database(e)
+        }
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for Error {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
-            deadpool_postgres::PoolError::Backend(e) => Error::Database(e),
+            deadpool_postgres::PoolError::Backend(e) => Error::from(e),
             other => Error::Pool(other.to_string()),
         }
     }

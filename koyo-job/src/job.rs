@@ -4,6 +4,7 @@
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -176,7 +177,7 @@ impl<A: JobArgument> Job<A> {
 
     /// Runs the body here and now, as synchronous mode does.
     async fn run_inline(self) -> Result<(), Error> {
-        let ctx = JobContext::new(None, 1);
+        let ctx = JobContext::new(None, 1, None);
         let fut = (self.run)(self.args, ctx.clone());
         crate::worker::run_body(fut, &ctx, None)
             .await
@@ -337,12 +338,36 @@ pub struct JobContext(Arc<ContextInner>);
 struct ContextInner {
     id: Option<JobId>,
     attempt: i32,
+    /// The worker that claimed this attempt; `None` in synchronous mode.
+    worker_id: Option<i64>,
     retry: Mutex<Option<RetryRequest>>,
+    completed_in_tx: AtomicBool,
+}
+
+tokio::task_local! {
+    /// The job whose body is running in this task.
+    static CURRENT_JOB: JobContext;
 }
 
 impl JobContext {
-    pub(crate) fn new(id: Option<JobId>, attempt: i32) -> Self {
-        JobContext(Arc::new(ContextInner { id, attempt, retry: Mutex::new(None) }))
+    pub(crate) fn new(id: Option<JobId>, attempt: i32, worker_id: Option<i64>) -> Self {
+        JobContext(Arc::new(ContextInner {
+            id,
+            attempt,
+            worker_id,
+            retry: Mutex::new(None),
+            completed_in_tx: AtomicBool::new(false),
+        }))
+    }
+
+    /// Runs `fut` (the job's body) with this context as the task's current job.
+    pub(crate) async fn scope<F: Future>(&self, fut: F) -> F::Output {
+        CURRENT_JOB.scope(self.clone(), fut).await
+    }
+
+    /// Whether the body marked the job done through [`complete_in`].
+    pub(crate) fn completed_in_tx(&self) -> bool {
+        self.0.completed_in_tx.load(Ordering::Relaxed)
     }
 
     pub(crate) fn take_retry(&self) -> Option<RetryRequest> {
@@ -368,4 +393,45 @@ impl fmt::Debug for JobContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobContext").field("id", &self.0.id).field("attempt", &self.0.attempt).finish()
     }
+}
+
+/// Marks the running job done inside the caller's transaction, so that the job's own writes
+/// and its completion commit together, or not at all: for effects kept in the same database,
+/// the job then happens exactly once.
+///
+/// Call it from a job body, on the transaction that holds the job's writes, just before
+/// committing. It fails with [`Error::LeaseLost`] if this attempt no longer owns the job (another
+/// worker took it over after this one stopped heartbeating): roll back then. If the transaction
+/// rolls back for any other reason, the attempt ends as the body's result says, as usual. In
+/// synchronous mode it does nothing.
+///
+/// ```no_run
+/// # use koyo_job::define_job;
+/// #[define_job]
+/// async fn credit(account: i64, cents: i64) -> Result<(), koyo_job::Error> {
+///     # let broker: koyo_job::Broker = unimplemented!();
+///     let mut client = broker.client().await?;
+///     let tx = client.transaction().await?;
+///     tx.execute("UPDATE accounts SET cents = cents + $2 WHERE id = $1", &[&account, &cents]).await?;
+///     koyo_job::complete_in(&tx).await?;
+///     tx.commit().await?;
+///     Ok(())
+/// }
+/// ```
+pub async fn complete_in<C: Executor + ?Sized>(client: &C) -> Result<(), Error> {
+    let ctx = CURRENT_JOB.try_with(JobContext::clone).map_err(|_| Error::NotInJob)?;
+    let (Some(id), Some(worker_id)) = (ctx.0.id, ctx.0.worker_id) else {
+        return Ok(());
+    };
+    let rows = broker::query_typed(
+        client.pg_client(),
+        &crate::sql::COMPLETE,
+        &[&vec![id.0], &vec![ctx.0.attempt], &worker_id],
+    )
+    .await?;
+    if rows.is_empty() {
+        return Err(Error::LeaseLost { id });
+    }
+    ctx.0.completed_in_tx.store(true, Ordering::Relaxed);
+    Ok(())
 }

@@ -4,6 +4,18 @@
 //! Two notification channels carry a queue name as payload (never arguments):
 //! `koyo_jobs` says "ready work on this queue", `koyo_jobs_scheduled` says "a job on this
 //! queue is scheduled for later, look at your timer".
+//!
+//! Each statement carries its parameter types, so it can be sent either as a cached named
+//! prepared statement or, where named statements cannot be kept (PgBouncer in transaction
+//! mode, a caller's own connection), as one unnamed parse-bind-execute round trip.
+
+use tokio_postgres::types::Type;
+
+/// A statement and the types of its parameters.
+pub struct Statement {
+    pub sql: &'static str,
+    pub types: &'static [Type],
+}
 
 /// Listens on both channels; sent once on each new listener connection.
 pub const LISTEN: &str = "LISTEN koyo_jobs; LISTEN koyo_jobs_scheduled";
@@ -18,7 +30,8 @@ pub const SCHEDULED_CHANNEL: &str = "koyo_jobs_scheduled";
 /// by the database's clock. Jobs due later start `scheduled`.
 ///
 /// Params: queue, job, args, priority, max_attempts, at (nullable), delay_secs.
-pub const INSERT_ONE: &str = "
+pub const INSERT_ONE: Statement = Statement {
+    sql: "
 WITH input AS (
     SELECT COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)) AS at
 ), ins AS (
@@ -30,13 +43,16 @@ WITH input AS (
 )
 SELECT ins.id,
        pg_notify(CASE WHEN ins.status = 'ready' THEN 'koyo_jobs' ELSE 'koyo_jobs_scheduled' END, $1::text)::text
-FROM ins";
+FROM ins",
+    types: &[Type::TEXT, Type::TEXT, Type::BYTEA, Type::INT2, Type::INT4, Type::TIMESTAMPTZ, Type::FLOAT8],
+};
 
 /// Inserts many jobs in one statement from parallel arrays, then sends one notification per
 /// distinct queue and state. Returns the new ids in input order.
 ///
 /// Params: queues, jobs, args, priorities, max_attempts, ats (nullable elements), delays.
-pub const INSERT_MANY: &str = "
+pub const INSERT_MANY: Statement = Statement {
+    sql: "
 WITH input AS (
     SELECT q, j, a, p, m, COALESCE(at, now() + make_interval(secs => d)) AS at
     FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int2[], $5::int4[], $6::timestamptz[], $7::float8[])
@@ -49,14 +65,28 @@ WITH input AS (
     SELECT pg_notify(CASE WHEN status = 'ready' THEN 'koyo_jobs' ELSE 'koyo_jobs_scheduled' END, queue)
     FROM (SELECT DISTINCT queue, status FROM ins) AS d
 )
-SELECT COALESCE(array_agg(id ORDER BY id), '{}'), (SELECT count(*) FROM notified) FROM ins";
+SELECT COALESCE(array_agg(id ORDER BY id), '{}'), (SELECT count(*) FROM notified) FROM ins",
+    types: &[
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::BYTEA_ARRAY,
+        Type::INT2_ARRAY,
+        Type::INT4_ARRAY,
+        Type::TIMESTAMPTZ_ARRAY,
+        Type::FLOAT8_ARRAY,
+    ],
+};
 
 /// Registers a worker process. Params: hostname, pid, queues, pool_size.
-pub const REGISTER_WORKER: &str = "
-INSERT INTO koyo_workers (hostname, pid, queues, pool_size) VALUES ($1, $2, $3, $4) RETURNING id";
+pub const REGISTER_WORKER: Statement = Statement {
+    sql: "
+INSERT INTO koyo_workers (hostname, pid, queues, pool_size) VALUES ($1, $2, $3, $4) RETURNING id",
+    types: &[Type::TEXT, Type::INT4, Type::TEXT_ARRAY, Type::INT4],
+};
 
 /// Removes a worker's row at clean shutdown. Params: worker id.
-pub const DEREGISTER_WORKER: &str = "DELETE FROM koyo_workers WHERE id = $1";
+pub const DEREGISTER_WORKER: Statement =
+    Statement { sql: "DELETE FROM koyo_workers WHERE id = $1", types: &[Type::INT8] };
 
 /// Claims up to `$2` ready jobs of the given queues for worker `$3`: a locking read per queue
 /// (each an ordered scan of the `koyo_jobs_ready` index that stops at the limit), merged in
@@ -64,7 +94,8 @@ pub const DEREGISTER_WORKER: &str = "DELETE FROM koyo_workers WHERE id = $1";
 /// kills its worker every time still runs out of attempts.
 ///
 /// Params: queues, limit, worker id.
-pub const CLAIM: &str = "
+pub const CLAIM: Statement = Statement {
+    sql: "
 WITH picked AS MATERIALIZED (
     SELECT c.id
     FROM unnest($1::text[]) AS q(name),
@@ -83,18 +114,23 @@ UPDATE koyo_jobs AS j
 SET status = 'running', attempts = j.attempts + 1, started_at = now(), worker_id = $3
 FROM picked
 WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.job, j.args, j.attempts, j.max_attempts";
+RETURNING j.id, j.queue, j.job, j.args, j.attempts, j.max_attempts",
+    types: &[Type::TEXT_ARRAY, Type::INT8, Type::INT8],
+};
 
 /// Marks finished attempts done. Every row is fenced by id, attempt, worker and state, so a
 /// worker that lost its lease changes nothing. Returns the ids actually written.
 ///
 /// Params: ids, attempts, worker id.
-pub const COMPLETE: &str = "
+pub const COMPLETE: Statement = Statement {
+    sql: "
 UPDATE koyo_jobs AS j
 SET status = 'done', finished_at = now()
 FROM unnest($1::int8[], $2::int4[]) AS d(id, attempt)
 WHERE j.id = d.id AND j.attempts = d.attempt AND j.worker_id = $3 AND j.status = 'running'
-RETURNING j.id";
+RETURNING j.id",
+    types: &[Type::INT8_ARRAY, Type::INT4_ARRAY, Type::INT8],
+};
 
 /// Ends attempts that did not succeed: each row goes to the state the worker decided
 /// (`ready` or `scheduled` again after `delay` seconds, or `failed`), with its error message.
@@ -102,7 +138,8 @@ RETURNING j.id";
 ///
 /// Params: ids, attempts, new states, delays in seconds, errors, worker id, attempt adjustments
 /// (0, or -1 for attempts that do not count).
-pub const FINISH_UNSUCCESSFUL: &str = "
+pub const FINISH_UNSUCCESSFUL: Statement = Statement {
+    sql: "
 WITH upd AS (
     UPDATE koyo_jobs AS j
     SET status = d.status,
@@ -119,13 +156,24 @@ WITH upd AS (
     SELECT pg_notify(CASE WHEN status = 'ready' THEN 'koyo_jobs' ELSE 'koyo_jobs_scheduled' END, queue)
     FROM (SELECT DISTINCT queue, status FROM upd WHERE status IN ('ready', 'scheduled')) AS d
 )
-SELECT COALESCE(array_agg(id), '{}'), (SELECT count(*) FROM notified) FROM upd";
+SELECT COALESCE(array_agg(id), '{}'), (SELECT count(*) FROM notified) FROM upd",
+    types: &[
+        Type::INT8_ARRAY,
+        Type::INT4_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::FLOAT8_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::INT8,
+        Type::INT4_ARRAY,
+    ],
+};
 
 /// Gives running jobs back at shutdown: they become ready again and the interrupted attempt is
 /// not counted. Fenced like [`COMPLETE`].
 ///
 /// Params: ids, attempts, worker id.
-pub const RELEASE: &str = "
+pub const RELEASE: Statement = Statement {
+    sql: "
 WITH upd AS (
     UPDATE koyo_jobs AS j
     SET status = 'ready', attempts = j.attempts - 1,
@@ -136,7 +184,9 @@ WITH upd AS (
 ), notified AS (
     SELECT pg_notify('koyo_jobs', queue) FROM (SELECT DISTINCT queue FROM upd) AS d
 )
-SELECT COALESCE(array_agg(id), '{}'), (SELECT count(*) FROM notified) FROM upd";
+SELECT COALESCE(array_agg(id), '{}'), (SELECT count(*) FROM notified) FROM upd",
+    types: &[Type::INT8_ARRAY, Type::INT4_ARRAY, Type::INT8],
+};
 
 /// A worker's periodic look around, in one round trip:
 /// - heartbeat: refresh this worker's lease (`alive` is false if another worker has already
@@ -149,7 +199,8 @@ SELECT COALESCE(array_agg(id), '{}'), (SELECT count(*) FROM notified) FROM upd";
 /// - report whether ready jobs are waiting, and when the next scheduled one is due.
 ///
 /// Params: worker id, queues, lease seconds, rescue?
-pub const TICK: &str = "
+pub const TICK: Statement = Statement {
+    sql: "
 WITH beat AS (
     UPDATE koyo_workers SET heartbeat_at = now() WHERE id = $1 RETURNING id
 ), dead AS (
@@ -189,4 +240,6 @@ SELECT
      FROM unnest($2::text[]) AS q(name),
           LATERAL (SELECT scheduled_at AS at FROM koyo_jobs
                    WHERE status = 'scheduled' AND queue = q.name AND scheduled_at > now()
-                   ORDER BY scheduled_at LIMIT 1) AS n) AS next_due_secs";
+                   ORDER BY scheduled_at LIMIT 1) AS n) AS next_due_secs",
+    types: &[Type::INT8, Type::TEXT_ARRAY, Type::FLOAT8, Type::BOOL],
+};

@@ -225,7 +225,7 @@ struct Server {
     /// create databases.
     admin: Config,
     /// Kept open for the life of the process when the server is a throwaway cluster: see
-    /// [`start_cluster`].
+    /// [`WATCHDOG_SCRIPT`].
     _watchdog: Option<ChildStdin>,
 }
 

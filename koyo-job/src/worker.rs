@@ -349,6 +349,9 @@ struct Completion {
     claim: Claim,
     queue: String,
     verdict: Verdict,
+    /// The body already marked the job done in its own transaction (`complete_in`); if that
+    /// committed, this write is expected to find nothing to change.
+    completed_in_tx: bool,
 }
 
 fn hostname() -> String {
@@ -361,10 +364,9 @@ fn hostname() -> String {
 }
 
 async fn register(broker: &Broker, queues: &[String], pool_size: usize) -> Result<i64, Error> {
-    let client = broker.client().await?;
     let pid = std::process::id() as i32;
     let row =
-        client.query_one(sql::REGISTER_WORKER, &[&hostname(), &pid, &queues, &(pool_size as i32)]).await?;
+        broker.query_one(&sql::REGISTER_WORKER, &[&hostname(), &pid, &queues, &(pool_size as i32)]).await?;
     Ok(row.get(0))
 }
 
@@ -468,15 +470,8 @@ async fn main_loop(
         tracing::error!(error = %e, "koyo-job completer ended abnormally");
     }
     let worker_id = shared.worker_id.load(Ordering::Relaxed);
-    match shared.broker.client().await {
-        Ok(client) => {
-            if let Err(e) = client.execute(sql::DEREGISTER_WORKER, &[&worker_id]).await {
-                tracing::warn!(error = %e, worker_id, "koyo-job worker could not remove its row; it will expire");
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, worker_id, "koyo-job worker could not remove its row; it will expire")
-        }
+    if let Err(e) = shared.broker.query(&sql::DEREGISTER_WORKER, &[&worker_id]).await {
+        tracing::warn!(error = %e, worker_id, "koyo-job worker could not remove its row; it will expire");
     }
     tracing::info!(worker_id, "koyo-job worker stopped");
 }
@@ -525,11 +520,9 @@ struct TickReport {
 }
 
 async fn try_tick(shared: &Shared, rescue: bool) -> Result<TickReport, Error> {
-    let client = shared.broker.client().await?;
-    let stmt = client.prepare_cached(sql::TICK).await?;
     let worker_id = shared.worker_id.load(Ordering::Relaxed);
     let lease = shared.lease.as_secs_f64();
-    let row = client.query_one(&stmt, &[&worker_id, &shared.queues, &lease, &rescue]).await?;
+    let row = shared.broker.query_one(&sql::TICK, &[&worker_id, &shared.queues, &lease, &rescue]).await?;
     if !row.get::<_, bool>("alive") {
         // Another worker declared us dead (we missed heartbeats) and gave our jobs back; their
         // results will be fenced out. Carry on under a new identity.
@@ -546,10 +539,8 @@ async fn try_tick(shared: &Shared, rescue: bool) -> Result<TickReport, Error> {
 }
 
 async fn claim(shared: &Shared, limit: usize) -> Result<Vec<ClaimedJob>, Error> {
-    let client = shared.broker.client().await?;
-    let stmt = client.prepare_cached(sql::CLAIM).await?;
     let worker_id = shared.worker_id.load(Ordering::Relaxed);
-    let rows = client.query(&stmt, &[&shared.queues, &(limit as i64), &worker_id]).await?;
+    let rows = shared.broker.query(&sql::CLAIM, &[&shared.queues, &(limit as i64), &worker_id]).await?;
     Ok(rows
         .into_iter()
         .map(|row| ClaimedJob {
@@ -577,18 +568,20 @@ fn start_jobs(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>, mut permits: OwnedSem
 }
 
 async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
-    let verdict = attempt(&shared, &job).await;
+    let ctx = JobContext::new(Some(job.claim.id), job.claim.attempt, Some(job.claim.worker_id));
+    let verdict = attempt(&shared, &job, &ctx).await;
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.claim.id);
     drop(permit);
     let _ = shared.completions.send(ToCompleter::Result(Completion {
         claim: job.claim,
         queue: job.queue,
         verdict,
+        completed_in_tx: ctx.completed_in_tx(),
     }));
 }
 
 /// Runs one attempt and decides how it ends.
-async fn attempt(shared: &Shared, job: &ClaimedJob) -> Verdict {
+async fn attempt(shared: &Shared, job: &ClaimedJob, ctx: &JobContext) -> Verdict {
     let Claim { id, attempt, .. } = job.claim;
     let Some(descriptor) = shared.registry.get(&job.name) else {
         tracing::warn!(job_id = %id, job = %job.name, "koyo-job claimed a job this binary does not define; putting it back");
@@ -603,7 +596,6 @@ async fn attempt(shared: &Shared, job: &ClaimedJob) -> Verdict {
             adjust: -1,
         };
     };
-    let ctx = JobContext::new(Some(id), attempt);
     let body = match (descriptor.run)(&job.args, ctx.clone()) {
         Ok(body) => body,
         Err(e) => {
@@ -617,6 +609,7 @@ async fn attempt(shared: &Shared, job: &ClaimedJob) -> Verdict {
         }
     };
     let timeout = descriptor.timeout.or(shared.job_timeout);
+    let ctx = ctx.clone();
     let mut next = Next { fut: Box::pin(async move { run_body(body, &ctx, timeout).await }) };
     let info = JobInfo {
         id,
@@ -656,12 +649,12 @@ fn verdict_for(outcome: Outcome, attempt: i32, max_attempts: i32, backoff: &Back
 /// Runs a job body with its time limit, turning errors, panics, time-outs and `retry!` into
 /// one outcome. Also used by synchronous mode.
 pub(crate) async fn run_body(body: JobFuture, ctx: &JobContext, timeout: Option<Duration>) -> Outcome {
-    let caught = AssertUnwindSafe(async move {
+    let caught = AssertUnwindSafe(ctx.scope(async move {
         match timeout {
             Some(limit) => tokio::time::timeout(limit, body).await.map_err(|_| JobFailure::TimedOut(limit)),
             None => Ok(body.await),
         }
-    })
+    }))
     .catch_unwind()
     .await;
     let result = match caught {
@@ -738,7 +731,6 @@ async fn write_until_done(shared: &Shared, batch: &[Completion], log: &mut Quiet
 }
 
 async fn write_batch(shared: &Shared, batch: &[Completion]) -> Result<(), Error> {
-    let client = shared.broker.client().await?;
     let mut written: Vec<i64> = Vec::with_capacity(batch.len());
     let mut rescheduled = false;
     // A batch normally holds one worker id; after a re-registration it can hold two.
@@ -752,8 +744,7 @@ async fn write_batch(shared: &Shared, batch: &[Completion]) -> Result<(), Error>
             .map(|c| (c.claim.id.0, c.claim.attempt))
             .unzip();
         if !done_ids.is_empty() {
-            let stmt = client.prepare_cached(sql::COMPLETE).await?;
-            let rows = client.query(&stmt, &[&done_ids, &done_attempts, &worker_id]).await?;
+            let rows = shared.broker.query(&sql::COMPLETE, &[&done_ids, &done_attempts, &worker_id]).await?;
             written.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
         }
         let mut other = Unsuccessful::default();
@@ -769,10 +760,10 @@ async fn write_batch(shared: &Shared, batch: &[Completion]) -> Result<(), Error>
             }
         }
         if !other.ids.is_empty() {
-            let stmt = client.prepare_cached(sql::FINISH_UNSUCCESSFUL).await?;
-            let row = client
+            let row = shared
+                .broker
                 .query_one(
-                    &stmt,
+                    &sql::FINISH_UNSUCCESSFUL,
                     &[
                         &other.ids,
                         &other.attempts,
@@ -790,6 +781,9 @@ async fn write_batch(shared: &Shared, batch: &[Completion]) -> Result<(), Error>
     if written.len() < batch.len() {
         written.sort_unstable();
         for c in batch.iter().filter(|c| written.binary_search(&c.claim.id.0).is_err()) {
+            if c.completed_in_tx {
+                continue;
+            }
             tracing::warn!(
                 job_id = %c.claim.id, attempt = c.claim.attempt, queue = %c.queue,
                 "koyo-job discarded a result: the job was given to another worker (lease lost)"
@@ -832,7 +826,6 @@ async fn release_unfinished(shared: &Shared) {
     let (ids, attempts): (Vec<i64>, Vec<i32>) = unfinished.iter().map(|c| (c.id.0, c.attempt)).unzip();
     let by_worker: Vec<i64> = unfinished.iter().map(|c| c.worker_id).collect();
     let result = async {
-        let client = shared.broker.client().await?;
         let mut released = 0;
         for id in by_worker.iter().copied().collect::<std::collections::BTreeSet<_>>() {
             let (ids, attempts): (Vec<i64>, Vec<i32>) = ids
@@ -842,7 +835,7 @@ async fn release_unfinished(shared: &Shared) {
                 .filter(|(_, w)| **w == id)
                 .map(|((i, a), _)| (*i, *a))
                 .unzip();
-            let row = client.query_one(sql::RELEASE, &[&ids, &attempts, &id]).await?;
+            let row = shared.broker.query_one(&sql::RELEASE, &[&ids, &attempts, &id]).await?;
             released += row.get::<_, Vec<i64>>(0).len();
         }
         Ok::<_, Error>(released)
@@ -878,7 +871,12 @@ async fn listen(shared: Arc<Shared>) {
 }
 
 async fn listen_once(shared: &Shared) -> Result<(), Error> {
-    let (client, mut connection) = shared.broker.config().connect(NoTls).await?;
+    // connect_timeout covers only the TCP connect; a hung server also stalls the start-up
+    // handshake, so bound the whole of it.
+    let limit = shared.broker.options().connect_timeout;
+    let (client, mut connection) = tokio::time::timeout(limit, shared.broker.config().connect(NoTls))
+        .await
+        .map_err(|_| Error::Timeout(limit))??;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         loop {
@@ -895,7 +893,9 @@ async fn listen_once(shared: &Shared) -> Result<(), Error> {
         }
     });
     let _abort_driver = AbortOnDrop(driver.abort_handle());
-    client.batch_execute(sql::LISTEN).await?;
+    tokio::time::timeout(limit, client.batch_execute(sql::LISTEN))
+        .await
+        .map_err(|_| Error::Timeout(limit))??;
     shared.wake.notify_one();
     shared.tick_soon.notify_one();
     while let Some(n) = rx.recv().await {

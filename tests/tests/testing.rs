@@ -94,33 +94,44 @@ struct Cluster {
     postmaster_pid: u32,
 }
 
-/// Runs `throwaway_cluster_child` in a new process of this test binary, with the throwaway
+/// A child process of this test binary, killed if the test fails before it ends.
+struct ChildProcess(Child);
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the `cluster_child` program (`tests/src/bin/cluster_child.rs`) with the throwaway
 /// cluster forced by `KOYO_TEST_PRIVATE_CLUSTER` for that process only.
-fn spawn_cluster_child(mode: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["throwaway_cluster_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+fn spawn_cluster_child(mode: &str) -> ChildProcess {
+    let child = Command::new(env!("CARGO_BIN_EXE_cluster_child"))
+        .arg(mode)
         .env("KOYO_TEST_PRIVATE_CLUSTER", "1")
-        .env("KOYO_TEST_CLUSTER_CHILD", mode)
         .env_remove("DATABASE_URL")
-        .stdin(Stdio::null())
+        // The "hang" child waits for this pipe to close, so it cannot outlive this process.
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap()
+        .unwrap();
+    ChildProcess(child)
 }
 
 /// Reads the child's report, up to its `ready` line.
-fn read_report(child: &mut Child) -> Cluster {
+fn read_report(child: &mut ChildProcess) -> Cluster {
     let (mut dir, mut port, mut pid) = (None, None, None);
-    for line in BufReader::new(child.stdout.as_mut().unwrap()).lines() {
+    for line in BufReader::new(child.0.stdout.as_mut().unwrap()).lines() {
         let line = line.unwrap();
-        if let Some(value) = line.strip_prefix("cluster-dir=") {
+        if let Some((_, value)) = line.split_once("cluster-dir=") {
             dir = Some(PathBuf::from(value));
-        } else if let Some(value) = line.strip_prefix("cluster-port=") {
+        } else if let Some((_, value)) = line.split_once("cluster-port=") {
             port = Some(value.parse().unwrap());
-        } else if let Some(value) = line.strip_prefix("postmaster-pid=") {
+        } else if let Some((_, value)) = line.split_once("postmaster-pid=") {
             pid = Some(value.parse().unwrap());
-        } else if line == "ready" {
+        } else if line.ends_with("cluster-ready") {
             break;
         }
     }
@@ -153,7 +164,7 @@ fn assert_cleaned_up(cluster: &Cluster) {
 fn a_throwaway_cluster_is_removed_when_the_test_process_exits() {
     let mut child = spawn_cluster_child("exit");
     let cluster = read_report(&mut child);
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "child failed: {status}");
     assert_cleaned_up(&cluster);
 }
@@ -163,42 +174,7 @@ fn a_throwaway_cluster_is_removed_when_the_test_process_is_killed() {
     let mut child = spawn_cluster_child("hang");
     let cluster = read_report(&mut child);
     assert!(cluster.dir.exists());
-    child.kill().unwrap(); // SIGKILL: no destructor, no exit handler runs
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL: no destructor, no exit handler runs
+    child.0.wait().unwrap();
     assert_cleaned_up(&cluster);
-}
-
-/// The child half of the two tests above; does nothing unless started by them.
-#[tokio::test]
-#[ignore = "started in a child process by the throwaway-cluster tests"]
-async fn throwaway_cluster_child() {
-    let Ok(mode) = std::env::var("KOYO_TEST_CLUSTER_CHILD") else { return };
-
-    let db = TestDatabase::create().await.unwrap();
-    let client = connect(db.config()).await;
-    assert_eq!(current_database(&client).await, db.name());
-
-    let port = db.config().get_ports()[0];
-    assert_ne!(port, 5432, "the throwaway cluster must not be the local server");
-
-    let prefix = format!("koyo-job-pg-{}-", std::process::id());
-    let dirs: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|entry| entry.path())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    let pid_file = std::fs::read_to_string(dirs[0].join("data/postmaster.pid")).unwrap();
-
-    println!("cluster-dir={}", dirs[0].display());
-    println!("cluster-port={port}");
-    println!("postmaster-pid={}", pid_file.lines().next().unwrap());
-    println!("ready");
-
-    if mode == "hang" {
-        loop {
-            std::thread::sleep(Duration::from_secs(60));
-        }
-    }
 }

@@ -1,0 +1,164 @@
+//! Command-line flags.
+
+use std::path::PathBuf;
+
+pub const WORKLOADS: [&str; 7] = ["enqueue", "bulk", "drain", "latency", "history", "idle", "memory"];
+
+pub const USAGE: &str = "\
+koyo-job-bench: koyo-job next to raw-SQL baselines measured in the same run
+
+usage: cargo run --release -p koyo-job-bench -- [flags]
+
+  --jobs N            jobs per drain, history drain, bulk enqueue and memory run (default 100000)
+  --enqueue-jobs N    single awaited enqueues (default jobs/10)
+  --pool1-jobs N      jobs for the pool_size 1 drain and its per-job baseline (default jobs/10)
+  --history-rows N    finished rows, and again future-scheduled rows, for `history` (default 1000000)
+  --latency-jobs N    jobs enqueued 5 ms apart for `latency` (default 500)
+  --idle-secs S       length of the idle window (default 30)
+  --pools P[,P…]      worker pool sizes for `drain` (default 1,16,64)
+  --processes P       worker processes (pool_size 16 each) for `drain`; 0 skips it (default 2)
+  --no-raw            skip the raw drain bounds (rows then have no ratio; for quick comparisons)
+  --repeat R          run each throughput measurement R times and keep the median (default 1)
+  --only W[,W…]       run only these workloads: enqueue, bulk, drain, latency, history, idle, memory
+  --quick             a ~30 s smoke run: jobs 10000, history 100000, idle 5 s
+  --svg PATH          also write a bar chart of the ratios as SVG
+  -h, --help          this text
+
+PostgreSQL is found as koyo-job's tests find it (DATABASE_URL, else localhost:5432, else a
+throwaway cluster); the benchmark creates a fresh database and drops it at the end.";
+
+#[derive(Clone, Debug)]
+pub struct Args {
+    pub jobs: u64,
+    pub enqueue_jobs: u64,
+    pub pool1_jobs: u64,
+    pub history_rows: u64,
+    pub latency_jobs: u64,
+    pub idle_secs: f64,
+    pub repeat: usize,
+    pub pools: Vec<usize>,
+    pub processes: usize,
+    pub no_raw: bool,
+    pub only: Vec<String>,
+    pub quick: bool,
+    pub svg: Option<PathBuf>,
+}
+
+impl Args {
+    pub fn wants(&self, workload: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|w| w == workload)
+    }
+}
+
+/// What the process was asked to do.
+pub enum Command {
+    Bench(Args),
+    /// The hidden mode the benchmark re-executes itself in to run a worker process.
+    WorkerProcess {
+        pool_size: usize,
+    },
+    Help,
+}
+
+pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut jobs = None;
+    let mut enqueue_jobs = None;
+    let mut pool1_jobs = None;
+    let mut history_rows = None;
+    let mut latency_jobs = None;
+    let mut idle_secs = None;
+    let mut repeat = 1;
+    let mut pools = vec![1, 16, 64];
+    let mut processes = 2;
+    let mut no_raw = false;
+    let mut only = Vec::new();
+    let mut quick = false;
+    let mut svg = None;
+    let mut worker_process = false;
+    let mut pool_size = 16;
+
+    let mut argv = argv.into_iter();
+    while let Some(flag) = argv.next() {
+        let (flag, inline) = match flag.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (flag, None),
+        };
+        let mut value = |name: &str| {
+            inline.clone().or_else(|| argv.next()).ok_or_else(|| format!("{name} needs a value"))
+        };
+        let number = |name: &str, text: String| -> Result<u64, String> {
+            text.replace('_', "")
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{name} takes a positive whole number, not {text:?}"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--jobs" => jobs = Some(number("--jobs", value("--jobs")?)?),
+            "--enqueue-jobs" => enqueue_jobs = Some(number("--enqueue-jobs", value("--enqueue-jobs")?)?),
+            "--pool1-jobs" => pool1_jobs = Some(number("--pool1-jobs", value("--pool1-jobs")?)?),
+            "--history-rows" => history_rows = Some(number("--history-rows", value("--history-rows")?)?),
+            "--latency-jobs" => latency_jobs = Some(number("--latency-jobs", value("--latency-jobs")?)?),
+            "--idle-secs" => {
+                let text = value("--idle-secs")?;
+                idle_secs = Some(
+                    text.parse::<f64>()
+                        .ok()
+                        .filter(|s| *s > 0.0 && s.is_finite())
+                        .ok_or_else(|| format!("--idle-secs takes a positive number, not {text:?}"))?,
+                );
+            }
+            "--repeat" => repeat = number("--repeat", value("--repeat")?)? as usize,
+            "--only" => {
+                for w in value("--only")?.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+                    if !WORKLOADS.contains(&w) {
+                        return Err(format!(
+                            "unknown workload {w:?}; expected some of {}",
+                            WORKLOADS.join(", ")
+                        ));
+                    }
+                    only.push(w.to_owned());
+                }
+            }
+            "--pools" => {
+                pools = value("--pools")?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| number("--pools", p.to_owned()).map(|n| n as usize))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--processes" => {
+                let text = value("--processes")?;
+                processes =
+                    text.parse().map_err(|_| format!("--processes takes a whole number, not {text:?}"))?;
+            }
+            "--no-raw" => no_raw = true,
+            "--quick" => quick = true,
+            "--svg" => svg = Some(PathBuf::from(value("--svg")?)),
+            "--worker-process" => worker_process = true,
+            "--pool-size" => pool_size = number("--pool-size", value("--pool-size")?)? as usize,
+            other => return Err(format!("unknown flag {other:?} (see --help)")),
+        }
+    }
+    if worker_process {
+        return Ok(Command::WorkerProcess { pool_size });
+    }
+    let jobs = jobs.unwrap_or(if quick { 10_000 } else { 100_000 });
+    Ok(Command::Bench(Args {
+        jobs,
+        enqueue_jobs: enqueue_jobs.unwrap_or((jobs / 10).max(100)),
+        pool1_jobs: pool1_jobs.unwrap_or((jobs / 10).max(100)),
+        history_rows: history_rows.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
+        latency_jobs: latency_jobs.unwrap_or(500),
+        idle_secs: idle_secs.unwrap_or(if quick { 5.0 } else { 30.0 }),
+        repeat,
+        pools,
+        processes,
+        no_raw,
+        only,
+        quick,
+        svg,
+    }))
+}

@@ -1,0 +1,193 @@
+//! `koyo_job_migrate` against a real server: applying the schema once, concurrently, into a
+//! chosen PostgreSQL schema, and refusing a database newer than the build.
+//!
+//! Concurrent callers run on one thread here: what serialises them is the server's advisory
+//! lock, and each client's connection is its own task, so they really do race on the server.
+
+use koyo_job::testing::TestDatabase;
+use koyo_job::tokio_postgres::{Client, Config, NoTls};
+use koyo_job_migrate::{MIGRATIONS, MigrateError, Report, Status, migrate, status};
+
+async fn connect(config: &Config) -> Client {
+    let (client, connection) = config.connect(NoTls).await.expect("connect to the test database");
+    tokio::spawn(connection);
+    client
+}
+
+/// Where the tables named `koyo_*` live: `(schema, table)`, sorted.
+async fn koyo_tables(client: &Client) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_tables WHERE tablename LIKE 'koyo%' ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+fn latest() -> i32 {
+    MIGRATIONS.last().unwrap().version
+}
+
+fn all_versions() -> Vec<i32> {
+    MIGRATIONS.iter().map(|m| m.version).collect()
+}
+
+#[tokio::test]
+async fn migrating_twice_applies_nothing_the_second_time() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut client = connect(db.config()).await;
+
+    let first = migrate(&mut client, None).await.unwrap();
+    assert_eq!(first, Report { applied: all_versions(), version: latest() });
+
+    let second = migrate(&mut client, None).await.unwrap();
+    assert_eq!(second, Report { applied: vec![], version: latest() });
+
+    let recorded: Vec<(i32, String)> = client
+        .query("SELECT version, name FROM koyo_job_migrations ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let expected: Vec<(i32, String)> = MIGRATIONS.iter().map(|m| (m.version, m.name.to_owned())).collect();
+    assert_eq!(recorded, expected);
+}
+
+#[tokio::test]
+async fn concurrent_migrations_all_succeed_and_apply_each_version_once() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(connect(db.config()).await);
+    }
+
+    let runs: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| tokio::spawn(async move { migrate(&mut client, None).await }))
+        .collect();
+    let mut applied = Vec::new();
+    for run in runs {
+        let report = run.await.unwrap().expect("every concurrent migration succeeds");
+        assert_eq!(report.version, latest());
+        applied.extend(report.applied);
+    }
+    assert_eq!(applied, all_versions(), "each version applied by exactly one caller");
+
+    let client = connect(db.config()).await;
+    let tables = koyo_tables(&client).await;
+    assert_eq!(tables.iter().filter(|(_, table)| table == "koyo_jobs").count(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_migrations_succeed_in_sessions_defaulting_to_serializable() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut config = db.config().clone();
+    config.options("-c default_transaction_isolation=serializable");
+
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        let mut client = connect(&config).await;
+        runs.push(tokio::spawn(async move { migrate(&mut client, None).await }));
+    }
+    for run in runs {
+        run.await.unwrap().expect("the migration transaction is READ COMMITTED whatever the default");
+    }
+}
+
+#[tokio::test]
+async fn status_reports_pending_migrations_before_and_none_after() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut client = connect(db.config()).await;
+
+    let before = status(&client, None).await.unwrap();
+    assert_eq!(before, Status { version: None, latest: latest(), pending: all_versions() });
+
+    migrate(&mut client, None).await.unwrap();
+
+    let after = status(&client, None).await.unwrap();
+    assert_eq!(after, Status { version: Some(latest()), latest: latest(), pending: vec![] });
+}
+
+#[tokio::test]
+async fn the_schema_option_puts_every_table_in_that_schema() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut client = connect(db.config()).await;
+
+    let report = migrate(&mut client, Some("jobs")).await.unwrap();
+    assert_eq!(report.applied, all_versions());
+
+    let tables = koyo_tables(&client).await;
+    assert!(!tables.is_empty());
+    assert!(tables.iter().all(|(schema, _)| schema == "jobs"), "{tables:?}");
+    // The search_path change lasted only for the migration transaction.
+    let path: String = client.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+    assert!(!path.contains("jobs"), "{path}");
+
+    assert_eq!(status(&client, Some("jobs")).await.unwrap().version, Some(latest()));
+    assert_eq!(status(&client, None).await.unwrap().version, None);
+
+    // How the runtime finds the tables: the schema on the connection's search_path.
+    let mut in_schema = db.config().clone();
+    in_schema.options("-csearch_path=jobs");
+    let mut runtime_client = connect(&in_schema).await;
+    runtime_client.query("SELECT id FROM koyo_jobs", &[]).await.unwrap();
+    assert_eq!(migrate(&mut runtime_client, None).await.unwrap().applied, Vec::<i32>::new());
+}
+
+#[tokio::test]
+async fn a_schema_named_like_a_keyword_works() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut client = connect(db.config()).await;
+    migrate(&mut client, Some("user")).await.unwrap();
+    assert!(koyo_tables(&client).await.iter().all(|(schema, _)| schema == "user"));
+}
+
+#[tokio::test]
+async fn an_invalid_schema_is_refused_before_touching_the_database() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut client = connect(db.config()).await;
+
+    let error = migrate(&mut client, Some("jobs; DROP TABLE x")).await.unwrap_err();
+    assert!(matches!(error, MigrateError::InvalidSchema { .. }), "{error:?}");
+    assert!(matches!(status(&client, Some("Jobs")).await, Err(MigrateError::InvalidSchema { .. })));
+    assert_eq!(koyo_tables(&client).await, vec![]);
+}
+
+#[tokio::test]
+async fn a_database_newer_than_this_build_is_refused_and_left_alone() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut client = connect(db.config()).await;
+    migrate(&mut client, None).await.unwrap();
+    client
+        .execute("INSERT INTO koyo_job_migrations (version, name) VALUES (999, 'future')", &[])
+        .await
+        .unwrap();
+
+    let error = migrate(&mut client, None).await.unwrap_err();
+    assert!(matches!(error, MigrateError::TooNew { found: 999, known } if known == latest()), "{error:?}");
+    assert!(error.to_string().contains("999"), "{error}");
+
+    let now = status(&client, None).await.unwrap();
+    assert_eq!(now.version, Some(999));
+    assert!(now.is_too_new());
+}
+
+#[tokio::test]
+async fn a_failing_migration_applies_nothing_and_names_itself() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut client = connect(db.config()).await;
+    client.batch_execute("CREATE TABLE koyo_jobs (x int)").await.unwrap();
+
+    let error = migrate(&mut client, None).await.unwrap_err();
+    assert!(matches!(error, MigrateError::Apply { version: 1, .. }), "{error:?}");
+    assert!(error.to_string().starts_with("migration 001_jobs failed"), "{error}");
+
+    // The whole transaction rolled back: not even the version table was kept.
+    let tables = koyo_tables(&client).await;
+    assert_eq!(tables, vec![("public".to_owned(), "koyo_jobs".to_owned())]);
+}
