@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use crate::broker::{self, Broker, Executor};
 use crate::codec;
 use crate::error::Error;
+use crate::middleware::JobInfo;
 use crate::name;
 
 /// The id of a stored job: the `id` column of `koyo_jobs`.
@@ -177,7 +178,7 @@ impl<A: JobArgument> Job<A> {
 
     /// Runs the body here and now, as synchronous mode does.
     async fn run_inline(self) -> Result<(), Error> {
-        let ctx = JobContext::new(None, 1, None);
+        let ctx = JobContext::inline();
         let fut = (self.run)(self.args, ctx.clone());
         crate::worker::run_body(fut, &ctx, None)
             .await
@@ -336,10 +337,8 @@ pub(crate) struct RetryRequest {
 pub struct JobContext(Arc<ContextInner>);
 
 struct ContextInner {
-    id: Option<JobId>,
-    attempt: i32,
-    /// The worker that claimed this attempt; `None` in synchronous mode.
-    worker_id: Option<i64>,
+    /// The stored job and the worker that claimed this attempt; `None` in synchronous mode.
+    claimed: Option<(JobInfo, i64)>,
     retry: Mutex<Option<RetryRequest>>,
     completed_in_tx: AtomicBool,
 }
@@ -350,14 +349,27 @@ tokio::task_local! {
 }
 
 impl JobContext {
-    pub(crate) fn new(id: Option<JobId>, attempt: i32, worker_id: Option<i64>) -> Self {
+    /// The context of an attempt claimed by worker `worker_id`.
+    pub(crate) fn claimed(info: JobInfo, worker_id: i64) -> Self {
+        Self::with(Some((info, worker_id)))
+    }
+
+    /// The context of a job run in synchronous mode.
+    pub(crate) fn inline() -> Self {
+        Self::with(None)
+    }
+
+    fn with(claimed: Option<(JobInfo, i64)>) -> Self {
         JobContext(Arc::new(ContextInner {
-            id,
-            attempt,
-            worker_id,
+            claimed,
             retry: Mutex::new(None),
             completed_in_tx: AtomicBool::new(false),
         }))
+    }
+
+    /// What middleware and `current_job` see of this attempt.
+    pub(crate) fn info(&self) -> Option<&JobInfo> {
+        self.0.claimed.as_ref().map(|(info, _)| info)
     }
 
     /// Runs `fut` (the job's body) with this context as the task's current job.
@@ -377,21 +389,11 @@ impl JobContext {
     pub(crate) fn request_retry(&self, request: RetryRequest) {
         *self.0.retry.lock().unwrap_or_else(|p| p.into_inner()) = Some(request);
     }
-
-    /// The stored job's id; `None` when running in synchronous mode.
-    pub fn id(&self) -> Option<JobId> {
-        self.0.id
-    }
-
-    /// Which attempt this is, starting at 1.
-    pub fn attempt(&self) -> i32 {
-        self.0.attempt
-    }
 }
 
 impl fmt::Debug for JobContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobContext").field("id", &self.0.id).field("attempt", &self.0.attempt).finish()
+        f.debug_struct("JobContext").field("job", &self.info()).finish()
     }
 }
 
@@ -420,13 +422,14 @@ impl fmt::Debug for JobContext {
 /// ```
 pub async fn complete_in<C: Executor + ?Sized>(client: &C) -> Result<(), Error> {
     let ctx = CURRENT_JOB.try_with(JobContext::clone).map_err(|_| Error::NotInJob)?;
-    let (Some(id), Some(worker_id)) = (ctx.0.id, ctx.0.worker_id) else {
+    let Some((info, worker_id)) = &ctx.0.claimed else {
         return Ok(());
     };
+    let id = info.id;
     let rows = broker::query_typed(
         client.pg_client(),
         &crate::sql::COMPLETE,
-        &[&vec![id.0], &vec![ctx.0.attempt], &worker_id],
+        &[&vec![id.0], &vec![info.attempt], worker_id],
     )
     .await?;
     if rows.is_empty() {
@@ -434,4 +437,10 @@ pub async fn complete_in<C: Executor + ?Sized>(client: &C) -> Result<(), Error> 
     }
     ctx.0.completed_in_tx.store(true, Ordering::Relaxed);
     Ok(())
+}
+
+/// The stored job whose body is running in this task: its id, queue, name and attempt. `None`
+/// outside a job body, in tasks the body spawned, and in synchronous mode.
+pub fn current_job() -> Option<JobInfo> {
+    CURRENT_JOB.try_with(|ctx| ctx.info().cloned()).ok().flatten()
 }

@@ -57,7 +57,8 @@ pub use codec::{DecodeError, MAX_ARGS_BYTES};
 pub use error::{Error, JobFailure};
 pub use inline::run_jobs_inline;
 pub use job::{
-    IntoDelay, IntoNewJob, Job, JobArgument, JobId, JobOutput, NewJob, complete_in, schedule_at, schedule_in,
+    IntoDelay, IntoNewJob, Job, JobArgument, JobId, JobOutput, NewJob, complete_in, current_job, schedule_at,
+    schedule_in,
 };
 pub use koyo_job_macros::define_job;
 pub use middleware::{JobInfo, Middleware, Next, Outcome};

@@ -568,7 +568,14 @@ fn start_jobs(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>, mut permits: OwnedSem
 }
 
 async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
-    let ctx = JobContext::new(Some(job.claim.id), job.claim.attempt, Some(job.claim.worker_id));
+    let info = JobInfo {
+        id: job.claim.id,
+        queue: job.queue.clone(),
+        name: job.name.clone(),
+        attempt: job.claim.attempt,
+        max_attempts: job.max_attempts,
+    };
+    let ctx = JobContext::claimed(info, job.claim.worker_id);
     let verdict = attempt(&shared, &job, &ctx).await;
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.claim.id);
     drop(permit);
@@ -609,17 +616,12 @@ async fn attempt(shared: &Shared, job: &ClaimedJob, ctx: &JobContext) -> Verdict
         }
     };
     let timeout = descriptor.timeout.or(shared.job_timeout);
-    let ctx = ctx.clone();
-    let mut next = Next { fut: Box::pin(async move { run_body(body, &ctx, timeout).await }) };
-    let info = JobInfo {
-        id,
-        queue: job.queue.clone(),
-        name: job.name.clone(),
-        attempt,
-        max_attempts: job.max_attempts,
-    };
-    for middleware in shared.middleware.iter().rev() {
-        next = Next { fut: middleware.wrap(info.clone(), next) };
+    let body_ctx = ctx.clone();
+    let mut next = Next { fut: Box::pin(async move { run_body(body, &body_ctx, timeout).await }) };
+    if let Some(info) = ctx.info() {
+        for middleware in shared.middleware.iter().rev() {
+            next = Next { fut: middleware.wrap(info.clone(), next) };
+        }
     }
     let outcome: Outcome = AssertUnwindSafe(next.run())
         .catch_unwind()

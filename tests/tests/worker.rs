@@ -38,7 +38,8 @@ async fn retry_plain(key: String) {
 
 #[define_job(queue = "fail", max_attempts = 3)]
 async fn always_fails(key: String) -> Result<(), String> {
-    record(&key, "attempt").await;
+    let job = koyo_job::current_job().expect("a job body knows its job");
+    record(&key, format!("attempt {} of {} ({})", job.attempt, job.max_attempts, job.name)).await;
     Err("the mail server said no".to_owned())
 }
 
@@ -181,6 +182,12 @@ async fn an_error_is_retried_with_backoff_then_fails_with_the_message() {
     assert_eq!((row.attempts, row.max_attempts), (3, 3));
     let error = row.last_error.unwrap();
     assert!(error.contains("the mail server said no"), "{error}");
+    assert_eq!(
+        env.ledger().await,
+        [1, 2, 3].map(|n| format!("attempt {n} of 3 (worker::always_fails)")),
+        "current_job() tells the body which attempt it is"
+    );
+    assert!(koyo_job::current_job().is_none(), "no job outside a job body");
     let times: Vec<time::OffsetDateTime> =
         env.query("SELECT at FROM ledger ORDER BY seq", &[]).await.iter().map(|r| r.get(0)).collect();
     assert_eq!(times.len(), 3);
