@@ -64,7 +64,7 @@ pub use koyo_job_macros::define_job;
 pub use middleware::{JobInfo, Middleware, Next, Outcome};
 pub use name::{MAX_JOB_NAME_LEN, MAX_QUEUE_LEN};
 pub use registry::{Registry, RegistryError};
-pub use worker::{Backoff, Worker, WorkerBuilder, WorkerHandle};
+pub use worker::{Backoff, Retention, Worker, WorkerBuilder, WorkerHandle};
 
 /// Creates or upgrades koyo-job's tables on the broker's database (the same as running
 /// `koyo-job-migrate`). Safe to call from every process at start-up: it is idempotent and

@@ -243,3 +243,25 @@ SELECT
                    ORDER BY scheduled_at LIMIT 1) AS n) AS next_due_secs",
     types: &[Type::INT8, Type::TEXT_ARRAY, Type::FLOAT8, Type::BOOL],
 };
+
+/// Deletes up to `$4` finished jobs older than their state's retention (`$1` done, `$2`
+/// failed, `$3` cancelled, in seconds; NULL keeps that state forever), oldest first. Small
+/// batches and `SKIP LOCKED` keep locks short; several workers may prune at once.
+///
+/// Params: done, failed, cancelled retention seconds (nullable), limit.
+pub const PRUNE: Statement = Statement {
+    sql: "
+WITH doomed AS MATERIALIZED (
+    SELECT id FROM koyo_jobs
+    WHERE status IN ('done', 'failed', 'cancelled')
+      AND finished_at < now() - make_interval(secs => LEAST($1::float8, $2::float8, $3::float8))
+      AND finished_at < now() - make_interval(secs => CASE status WHEN 'done' THEN $1::float8
+                                                                  WHEN 'failed' THEN $2::float8
+                                                                  ELSE $3::float8 END)
+    ORDER BY finished_at
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM koyo_jobs AS j USING doomed WHERE j.id = doomed.id RETURNING j.id",
+    types: &[Type::FLOAT8, Type::FLOAT8, Type::FLOAT8, Type::INT8],
+};

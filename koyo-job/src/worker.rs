@@ -56,6 +56,31 @@ impl Default for Backoff {
     }
 }
 
+/// How long finished jobs are kept before workers delete them. `None` keeps them forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Jobs that succeeded (default one day).
+    pub done: Option<Duration>,
+    /// Jobs that ran out of attempts or could not be decoded (default one week).
+    pub failed: Option<Duration>,
+    /// Jobs an operator cancelled (default one week).
+    pub cancelled: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        let day = Duration::from_secs(86_400);
+        Retention { done: Some(day), failed: Some(day * 7), cancelled: Some(day * 7) }
+    }
+}
+
+impl Retention {
+    /// Keeps every finished job forever (as koyo does).
+    pub fn forever() -> Self {
+        Retention { done: None, failed: None, cancelled: None }
+    }
+}
+
 /// Starts workers. See [`Worker::builder`].
 #[derive(Debug)]
 pub struct Worker;
@@ -73,6 +98,8 @@ impl Worker {
             backoff: Backoff::default(),
             job_timeout: None,
             unknown_job_delay: Duration::from_secs(60),
+            retention: Retention::default(),
+            prune_interval: Duration::from_secs(30),
             listen: true,
             middleware: Vec::new(),
         }
@@ -91,6 +118,8 @@ pub struct WorkerBuilder {
     backoff: Backoff,
     job_timeout: Option<Duration>,
     unknown_job_delay: Duration,
+    retention: Retention,
+    prune_interval: Duration,
     listen: bool,
     middleware: Vec<Arc<dyn Middleware>>,
 }
@@ -168,6 +197,19 @@ impl WorkerBuilder {
         self
     }
 
+    /// How long finished jobs are kept (default: done one day, failed and cancelled one week).
+    /// Every worker deletes expired rows in batches of 1,000, oldest first.
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// How often the worker deletes expired finished jobs (default 30 s).
+    pub fn prune_interval(mut self, every: Duration) -> Self {
+        self.prune_interval = every;
+        self
+    }
+
     /// Whether to LISTEN for notifications (default true). Turn it off behind PgBouncer in
     /// transaction mode: the worker then finds work by polling alone.
     pub fn listen(mut self, listen: bool) -> Self {
@@ -228,8 +270,9 @@ impl WorkerBuilder {
             completions: done_tx,
         });
         let listener = self.listen.then(|| tokio::spawn(listen(shared.clone())));
+        let pruner = tokio::spawn(prune(shared.broker.clone(), self.retention, self.prune_interval));
         let completer = tokio::spawn(complete(shared.clone(), done_rx));
-        let main = tokio::spawn(main_loop(shared.clone(), stop_rx, listener, completer));
+        let main = tokio::spawn(main_loop(shared.clone(), stop_rx, listener, pruner, completer));
         tracing::info!(worker_id, queues = ?shared.queues, pool_size = shared.pool_size, "koyo-job worker started");
         Ok(WorkerHandle { shared, stop: stop_tx, main: Some(main) })
     }
@@ -400,6 +443,7 @@ async fn main_loop(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     listener: Option<JoinHandle<()>>,
+    pruner: JoinHandle<()>,
     completer: JoinHandle<()>,
 ) {
     let mut may_have_work = true;
@@ -465,6 +509,7 @@ async fn main_loop(
     if let Some(listener) = listener {
         listener.abort();
     }
+    pruner.abort();
     let _ = shared.completions.send(ToCompleter::Flush);
     if let Err(e) = completer.await {
         tracing::error!(error = %e, "koyo-job completer ended abnormally");
@@ -847,6 +892,30 @@ async fn release_unfinished(shared: &Shared) {
         Ok(released) => tracing::info!(released, worker_id, "koyo-job released unfinished jobs"),
         Err(e) => {
             tracing::error!(error = %e, "koyo-job could not release unfinished jobs; they will be rescued after the lease")
+        }
+    }
+}
+
+/// Deletes expired finished jobs every `every`, in batches, until a batch comes back short.
+async fn prune(broker: Broker, retention: Retention, every: Duration) {
+    const BATCH: i64 = 1000;
+    if retention == Retention::forever() {
+        return;
+    }
+    let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+    let (done, failed, cancelled) = (secs(retention.done), secs(retention.failed), secs(retention.cancelled));
+    let mut log = QuietLog::new("deleting expired finished jobs");
+    loop {
+        tokio::time::sleep(every).await;
+        loop {
+            match broker.query(&sql::PRUNE, &[&done, &failed, &cancelled, &BATCH]).await {
+                Ok(rows) if (rows.len() as i64) < BATCH => break,
+                Ok(_) => tokio::task::yield_now().await,
+                Err(e) => {
+                    log.error(&e);
+                    break;
+                }
+            }
         }
     }
 }

@@ -419,3 +419,40 @@ async fn a_poll_only_worker_finds_jobs_without_notifications() {
     env.wait_for_status(id, "done", Duration::from_secs(5)).await;
     worker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_deleted_after_their_retention() {
+    let env = env().await;
+    // Old history: 2,500 done jobs finished two hours ago, one failed job and one recent done job.
+    env.query(
+        "INSERT INTO koyo_jobs (queue, job, args, status, worker_id, finished_at)
+         SELECT 'history', 'old', '\\x00', 'done', 1, now() - interval '2 hours' FROM generate_series(1, 2500)",
+        &[],
+    )
+    .await;
+    env.query(
+        "INSERT INTO koyo_jobs (queue, job, args, status, worker_id, finished_at) VALUES
+         ('history', 'old', '\\x00', 'failed', 1, now() - interval '2 hours'),
+         ('history', 'recent', '\\x00', 'done', 1, now())",
+        &[],
+    )
+    .await;
+    let retention = koyo_job::Retention {
+        done: Some(Duration::from_secs(3600)),
+        failed: None,
+        cancelled: Some(Duration::from_secs(3600)),
+    };
+    let worker =
+        env.worker().queue("history").retention(retention).prune_interval(Duration::from_millis(100));
+    let worker = worker.start().await.unwrap();
+    // All 2,500 expired rows go, in batches of 1,000.
+    env.wait_for_count("SELECT count(*) FROM koyo_jobs", 2, Duration::from_secs(10)).await;
+    worker.shutdown().await;
+    let left: Vec<(String, String)> = env
+        .query("SELECT status, job FROM koyo_jobs ORDER BY status", &[])
+        .await
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(left, [("done".to_owned(), "recent".to_owned()), ("failed".to_owned(), "old".to_owned())]);
+}
