@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
@@ -621,7 +622,15 @@ async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePer
         max_attempts: job.max_attempts,
     };
     let ctx = JobContext::claimed(info, job.claim.worker_id);
-    let verdict = attempt(&shared, &job, &ctx).await;
+    // The parent span of everything the job logs.
+    let span = tracing::info_span!(
+        "koyo_job.run",
+        job.id = job.claim.id.0,
+        job.queue = %job.queue,
+        job.name = %job.name,
+        job.attempt = job.claim.attempt,
+    );
+    let verdict = attempt(&shared, &job, &ctx).instrument(span).await;
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.claim.id);
     drop(permit);
     let _ = shared.completions.send(ToCompleter::Result(Completion {
@@ -672,6 +681,9 @@ async fn attempt(shared: &Shared, job: &ClaimedJob, ctx: &JobContext) -> Verdict
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| Err(JobFailure::Panicked(panic_message(&*panic))));
+    if let Err(failure) = &outcome {
+        tracing::debug!(%failure, "koyo-job attempt did not succeed");
+    }
     verdict_for(outcome, attempt, job.max_attempts, &shared.backoff)
 }
 
