@@ -66,12 +66,30 @@ pub use name::{MAX_JOB_NAME_LEN, MAX_QUEUE_LEN};
 pub use registry::{Registry, RegistryError};
 pub use worker::{Backoff, Retention, Worker, WorkerBuilder, WorkerHandle};
 
-/// Creates or upgrades koyo-job's tables on the broker's database (the same as running
-/// `koyo-job-migrate`). Safe to call from every process at start-up: it is idempotent and
-/// serialised by an advisory lock.
-pub async fn migrate(broker: &Broker) -> Result<koyo_job_migrate::Report, Error> {
-    let mut client = broker.client().await?;
+/// Creates or upgrades koyo-job's tables (the same as running `koyo-job-migrate`), through a
+/// [`Broker`] or a `deadpool_postgres::Pool`. Safe to call from every process at start-up: it
+/// is idempotent and serialised by an advisory lock.
+pub async fn migrate(db: &impl HasPool) -> Result<koyo_job_migrate::Report, Error> {
+    let mut client = db.pool().get().await?;
     Ok(koyo_job_migrate::migrate(&mut client, None).await?)
+}
+
+/// Something that holds a connection pool: a [`Broker`], or a `deadpool_postgres::Pool`.
+pub trait HasPool {
+    /// The pool.
+    fn pool(&self) -> &deadpool_postgres::Pool;
+}
+
+impl HasPool for Broker {
+    fn pool(&self) -> &deadpool_postgres::Pool {
+        Broker::pool(self)
+    }
+}
+
+impl HasPool for deadpool_postgres::Pool {
+    fn pool(&self) -> &deadpool_postgres::Pool {
+        self
+    }
 }
 
 /// Ends the current attempt of a job and runs it again later.

@@ -456,3 +456,18 @@ async fn finished_jobs_are_deleted_after_their_retention() {
         .collect();
     assert_eq!(left, [("done".to_owned(), "recent".to_owned()), ("failed".to_owned(), "old".to_owned())]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_serves_several_queues_and_ignores_others() {
+    let env = env().await;
+    let a = enqueue_ordered(&env, "from order", 5).await;
+    let b = stamped(env.key.clone()).enqueue_on(&env.broker).await.unwrap();
+    let other = always_fails(env.key.clone()).enqueue_on(&env.broker).await.unwrap();
+    // Migrating again through the pool itself is a no-op.
+    koyo_job::migrate(env.broker.pool()).await.unwrap();
+    let worker = env.worker().queues(["order", "later"]).start().await.unwrap();
+    env.wait_for_status(a, "done", Duration::from_secs(10)).await;
+    env.wait_for_status(b, "done", Duration::from_secs(10)).await;
+    worker.shutdown().await;
+    assert_eq!(env.job(other).await.status, "ready", "queue `fail` is not served");
+}
