@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tracing::Instrument;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 use tokio_postgres::{AsyncMessage, NoTls};
+use tracing::Instrument;
 
 use crate::broker::Broker;
 use crate::error::{Error, JobFailure};
