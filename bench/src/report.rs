@@ -189,7 +189,7 @@ impl Report {
         let others: Vec<&Row> = self.rows.iter().filter(|r| !r.other_ratios.is_empty()).collect();
         if !others.is_empty() {
             out.push_str("\nThe same drains against the other raw bounds:\n\n");
-            out.push_str("| workload | ratio | \n|---|---|\n");
+            out.push_str("| workload | ratio |\n|---|---|\n");
             for row in others {
                 for (name, ratio) in &row.other_ratios {
                     let _ = writeln!(out, "| {} {} vs {} | {ratio:.2} |", row.workload, row.variant, name);
@@ -268,16 +268,16 @@ impl Report {
             .iter()
             .filter_map(|row| row.ratio.map(|ratio| (row, ratio, target_ratio(row))))
             .collect();
-        let label_w = 280.0;
+        let label_w = 300.0;
         let plot_w = 400.0;
-        let right = 300.0;
+        let right = 440.0;
         let bar_h = 22.0;
         let gap = 12.0;
         let top = 58.0;
         let bottom = 70.0;
         let height = top + bars.len() as f64 * (bar_h + gap) + bottom;
         let width = label_w + plot_w + right;
-        let max_ratio = bars.iter().map(|(_, r, _)| *r).fold(1.0f64, f64::max).clamp(1.2, 3.0);
+        let max_ratio = bars.iter().map(|(_, r, _)| *r).fold(1.0f64, f64::max).clamp(1.25, 2.0);
         let x = |r: f64| label_w + plot_w * (r.min(max_ratio) / max_ratio);
 
         let mut s = String::new();
@@ -317,7 +317,7 @@ impl Report {
             let y = top + i as f64 * (bar_h + gap);
             let met = row.target.as_ref().is_none_or(|(_, met)| *met);
             let fill = if met { "#3b7dd8" } else { "#e07b39" };
-            let label = format!("{} {}", row.workload, row.variant);
+            let label = compact(&format!("{} {}", row.workload, row.variant));
             let _ = writeln!(
                 s,
                 r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
@@ -349,7 +349,8 @@ impl Report {
                     y + bar_h + 3.0
                 );
             }
-            let base = format!(" vs {}", chart_baseline(row));
+            let past = if *ratio > max_ratio { " »" } else { "" };
+            let base = format!("{past} vs {}", chart_baseline(row));
             let _ = writeln!(
                 s,
                 r##"<text x="{:.1}" y="{:.1}" fill="#222">{ratio:.2}{}</text>"##,
@@ -391,6 +392,19 @@ fn target_ratio(row: &Row) -> Option<f64> {
         ("history", _) => Some(0.9),
         _ => None,
     }
+}
+
+/// Long numbers in a chart label shortened: 1000000 → 1M, 100000 → 100k.
+fn compact(label: &str) -> String {
+    label
+        .split(' ')
+        .map(|word| match word.parse::<u64>() {
+            Ok(n) if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+            Ok(n) if n >= 10_000 && n % 1000 == 0 => format!("{}k", n / 1000),
+            _ => word.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// What a row's bar is measured against, in a few words.

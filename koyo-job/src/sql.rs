@@ -121,13 +121,18 @@ RETURNING j.id, j.queue, j.job, j.args, j.attempts, j.max_attempts",
 /// Marks finished attempts done. Every row is fenced by id, attempt, worker and state, so a
 /// worker that lost its lease changes nothing. Returns the ids actually written.
 ///
+/// The fence compares `(status, worker_id)` as a row on purpose: written as two plain
+/// equalities, the planner may pick the `koyo_jobs_running` index (whose statistics lag right
+/// after a burst of claims) and scan it once per array element; as a row it always looks rows up
+/// by primary key. The same holds for [`FINISH_UNSUCCESSFUL`] and [`RELEASE`].
+///
 /// Params: ids, attempts, worker id.
 pub const COMPLETE: Statement = Statement {
     sql: "
 UPDATE koyo_jobs AS j
 SET status = 'done', finished_at = now()
 FROM unnest($1::int8[], $2::int4[]) AS d(id, attempt)
-WHERE j.id = d.id AND j.attempts = d.attempt AND j.worker_id = $3 AND j.status = 'running'
+WHERE j.id = d.id AND j.attempts = d.attempt AND (j.status, j.worker_id) IS NOT DISTINCT FROM ('running'::text, $3::int8)
 RETURNING j.id",
     types: &[Type::INT8_ARRAY, Type::INT4_ARRAY, Type::INT8],
 };
@@ -150,7 +155,7 @@ WITH upd AS (
         last_error = d.error
     FROM unnest($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::text[], $7::int4[])
          AS d(id, attempt, status, delay, error, adjust)
-    WHERE j.id = d.id AND j.attempts = d.attempt AND j.worker_id = $6 AND j.status = 'running'
+    WHERE j.id = d.id AND j.attempts = d.attempt AND (j.status, j.worker_id) IS NOT DISTINCT FROM ('running'::text, $6::int8)
     RETURNING j.id, j.queue, j.status
 ), notified AS (
     SELECT pg_notify(CASE WHEN status = 'ready' THEN 'koyo_jobs' ELSE 'koyo_jobs_scheduled' END, queue)
@@ -179,7 +184,7 @@ WITH upd AS (
     SET status = 'ready', attempts = j.attempts - 1,
         last_error = 'released at worker shutdown before it finished'
     FROM unnest($1::int8[], $2::int4[]) AS d(id, attempt)
-    WHERE j.id = d.id AND j.attempts = d.attempt AND j.worker_id = $3 AND j.status = 'running'
+    WHERE j.id = d.id AND j.attempts = d.attempt AND (j.status, j.worker_id) IS NOT DISTINCT FROM ('running'::text, $3::int8)
     RETURNING j.id, j.queue
 ), notified AS (
     SELECT pg_notify('koyo_jobs', queue) FROM (SELECT DISTINCT queue FROM upd) AS d

@@ -454,6 +454,12 @@ async fn main_loop(
     let mut tick_log = QuietLog::new("heartbeat");
     let mut retry_at: Option<Instant> = None;
     let mut drain_deadline: Option<Instant> = None;
+    // Claim in batches: while some jobs are still running, wait briefly (up to `LINGER`) for
+    // half the slots to be free, so a stream of short jobs is claimed about pool_size/2 at a
+    // time rather than one by one. An idle worker claims at once.
+    const LINGER: Duration = Duration::from_millis(1);
+    let batch = (shared.pool_size / 2).max(1);
+    let mut lingered = false;
 
     loop {
         if drain_deadline.is_none() && (*stop.borrow() || stop.has_changed().is_err()) {
@@ -465,7 +471,13 @@ async fn main_loop(
         }
 
         let free = shared.slots.available_permits();
-        if !draining && may_have_work && free > 0 && retry_at.is_none_or(|at| at <= Instant::now()) {
+        if !draining
+            && may_have_work
+            && free > 0
+            && (free >= batch || lingered)
+            && retry_at.is_none_or(|at| at <= Instant::now())
+        {
+            lingered = false;
             let permits = shared.slots.clone().try_acquire_many_owned(free as u32);
             if let Ok(permits) = permits {
                 match claim(&shared, free).await {
@@ -483,14 +495,16 @@ async fn main_loop(
             }
         }
 
-        let saturated = shared.slots.available_permits() == 0;
+        let saturated = shared.slots.available_permits() < batch;
         let wait_due = next_due.unwrap_or_else(far_future);
         let wait_retry = retry_at.unwrap_or_else(far_future);
         let wait_drain = drain_deadline.unwrap_or_else(far_future);
         tokio::select! {
             _ = stop.changed(), if !draining => {}
             _ = shared.wake.notified() => may_have_work = true,
-            _ = slot_freed(&shared.slots), if (may_have_work && saturated) || draining => {}
+            _ = slots_freed(&shared.slots, batch, LINGER), if (may_have_work && saturated) || draining => {
+                lingered = true;
+            }
             _ = tokio::time::sleep_until(wait_retry), if retry_at.is_some() => {}
             _ = tokio::time::sleep_until(wait_drain), if draining => break,
             _ = tokio::time::sleep_until(next_tick) => {
@@ -526,10 +540,12 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
-async fn slot_freed(slots: &Semaphore) {
+/// Waits until one slot is free, then up to `linger` more until `want` are.
+async fn slots_freed(slots: &Semaphore, want: usize, linger: Duration) {
     if let Ok(permit) = slots.acquire().await {
         drop(permit);
     }
+    let _ = tokio::time::timeout(linger, slots.acquire_many(want as u32)).await;
 }
 
 /// One round trip of housekeeping; see [`sql::TICK`].
