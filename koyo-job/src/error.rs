@@ -43,7 +43,7 @@ pub enum Error {
     #[error(transparent)]
     Decode(#[from] DecodeError),
     /// The database rejected a statement or the connection failed.
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Database(tokio_postgres::Error),
     /// The database is read-only: a hot standby, or `default_transaction_read_only` is on.
     #[error(
@@ -83,6 +83,16 @@ pub enum Error {
     /// In synchronous mode, the job ran in place and did not succeed.
     #[error("job {job} ran inline and {failure}")]
     Inline { job: &'static str, failure: JobFailure },
+}
+
+/// tokio-postgres's errors display only their kind ("db error", "error connecting to server"):
+/// add the server's message, or the underlying cause. Neither holds connection settings.
+fn describe(error: &tokio_postgres::Error) -> String {
+    match (error.as_db_error(), std::error::Error::source(error)) {
+        (Some(db), _) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{error}: {cause}"),
+        (None, None) => error.to_string(),
+    }
 }
 
 impl From<tokio_postgres::Error> for Error {

@@ -107,6 +107,9 @@ WITH picked AS MATERIALIZED (
              LIMIT $2
              FOR UPDATE SKIP LOCKED
          ) AS c
+    -- A worker that was declared dead (it froze past its lease) claims nothing until it has
+    -- registered again: checked once, before any row is locked.
+    WHERE EXISTS (SELECT 1 FROM koyo_workers WHERE id = $3)
     ORDER BY c.priority, c.scheduled_at, c.id
     LIMIT $2
 )
@@ -133,6 +136,20 @@ UPDATE koyo_jobs AS j
 SET status = 'done', finished_at = now()
 FROM unnest($1::int8[], $2::int4[]) AS d(id, attempt)
 WHERE j.id = d.id AND j.attempts = d.attempt AND (j.status, j.worker_id) IS NOT DISTINCT FROM ('running'::text, $3::int8)
+RETURNING j.id",
+    types: &[Type::INT8_ARRAY, Type::INT4_ARRAY, Type::INT8],
+};
+
+/// Deletes successfully finished attempts instead of keeping them `done`: used when the
+/// retention for done jobs is zero. Fenced like [`COMPLETE`]; returns the ids deleted.
+///
+/// Params: ids, attempts, worker id.
+pub const COMPLETE_DELETE: Statement = Statement {
+    sql: "
+DELETE FROM koyo_jobs AS j
+USING unnest($1::int8[], $2::int4[]) AS d(id, attempt)
+WHERE j.id = d.id AND j.attempts = d.attempt
+  AND (j.status, j.worker_id) IS NOT DISTINCT FROM ('running'::text, $3::int8)
 RETURNING j.id",
     types: &[Type::INT8_ARRAY, Type::INT4_ARRAY, Type::INT8],
 };
@@ -201,9 +218,11 @@ SELECT COALESCE(array_agg(id), '{}'), (SELECT count(*) FROM notified) FROM upd",
 ///   `failed` when out of attempts;
 /// - promote this worker's due `scheduled` jobs to `ready`;
 /// - notify queues that got ready jobs;
+/// - give back jobs claimed in this worker's name that it does not hold (`$5`): claims whose
+///   reply was lost (a statement timeout, a broken connection) but which the server committed;
 /// - report whether ready jobs are waiting, and when the next scheduled one is due.
 ///
-/// Params: worker id, queues, lease seconds, rescue?
+/// Params: worker id, queues, lease seconds, rescue?, ids of the jobs the worker holds
 pub const TICK: Statement = Statement {
     sql: "
 WITH beat AS (
@@ -222,6 +241,15 @@ WITH beat AS (
       AND (j.worker_id IN (SELECT id FROM dead)
            OR NOT EXISTS (SELECT 1 FROM koyo_workers AS w WHERE w.id = j.worker_id))
     RETURNING j.queue, j.status
+), orphaned AS (
+    -- Jobs claimed in this worker's name that it does not hold ($5): the claim's reply never
+    -- reached it (a statement timeout, a broken connection) although the server committed it.
+    -- Given back at once, the attempt not counted.
+    UPDATE koyo_jobs AS j
+    SET status = 'ready', attempts = j.attempts - 1,
+        last_error = format('given back by worker %s, which never received its claim (the reply was lost)', $1::int8)
+    WHERE j.status = 'running' AND j.worker_id = $1 AND NOT (j.id = ANY($5::int8[]))
+    RETURNING j.queue
 ), due AS MATERIALIZED (
     SELECT id FROM koyo_jobs
     WHERE status = 'scheduled' AND queue = ANY($2::text[]) AND scheduled_at <= now()
@@ -235,9 +263,11 @@ SELECT
     EXISTS (SELECT 1 FROM beat) AS alive,
     (SELECT count(*) FROM rescued) AS rescued,
     (SELECT count(*) FROM promoted) AS promoted,
+    (SELECT count(*) FROM orphaned) AS orphaned,
     (SELECT count(*) FROM (
         SELECT pg_notify('koyo_jobs', q)
-        FROM (SELECT queue FROM rescued WHERE status = 'ready' UNION SELECT queue FROM promoted) AS u(q)
+        FROM (SELECT queue FROM rescued WHERE status = 'ready' UNION SELECT queue FROM promoted
+              UNION SELECT queue FROM orphaned) AS u(q)
     ) AS n) AS notified,
     EXISTS (SELECT 1 FROM koyo_jobs WHERE status = 'ready' AND queue = ANY($2::text[])) AS ready,
     -- Per queue, so each is a one-entry index probe rather than a scan of all future jobs.
@@ -246,7 +276,7 @@ SELECT
           LATERAL (SELECT scheduled_at AS at FROM koyo_jobs
                    WHERE status = 'scheduled' AND queue = q.name AND scheduled_at > now()
                    ORDER BY scheduled_at LIMIT 1) AS n) AS next_due_secs",
-    types: &[Type::INT8, Type::TEXT_ARRAY, Type::FLOAT8, Type::BOOL],
+    types: &[Type::INT8, Type::TEXT_ARRAY, Type::FLOAT8, Type::BOOL, Type::INT8_ARRAY],
 };
 
 /// Deletes up to `$4` finished jobs older than their state's retention (`$1` done, `$2`

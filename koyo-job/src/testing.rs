@@ -35,6 +35,11 @@
 //! Setting `KOYO_TEST_PRIVATE_CLUSTER=1` skips the first two and always uses a throwaway
 //! cluster, for tests that must not share a server.
 //!
+//! # A server of one's own
+//!
+//! A test that must stop, restart or crash PostgreSQL cannot do so to a shared server: it starts a
+//! [`PrivateCluster`] instead, with [`ShutdownMode`] for the kind of stop.
+//!
 //! Connections are made without TLS. Databases are named `koyo_test_<pid>_<n>`; the first use in
 //! a process also drops databases of that form left on a local server by processes that no longer
 //! run (for example after a crash), and never those of a live process.
@@ -215,6 +220,288 @@ pub enum TestDbError {
 impl TestDbError {
     fn cluster(reason: impl Into<String>, source: impl Into<Option<io::Error>>) -> TestDbError {
         TestDbError::Cluster { reason: reason.into(), source: source.into() }
+    }
+}
+
+/// How to stop a [`PrivateCluster`]'s server: PostgreSQL's three shutdown modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShutdownMode {
+    /// `SIGTERM`: no new connections, then waits for every client to disconnect. A connection
+    /// pool that never lets go keeps the server up, so [`PrivateCluster::stop`] may time out.
+    Smart,
+    /// `SIGINT`: ends every session (rolling back open transactions) and stops cleanly, as
+    /// `pg_ctl stop` does by default.
+    Fast,
+    /// `SIGQUIT`: stops at once without a checkpoint, like a crash of the server processes;
+    /// the next start runs crash recovery. Committed transactions survive: they were written
+    /// out before the commit returned.
+    Immediate,
+}
+
+impl ShutdownMode {
+    fn signal(self) -> &'static str {
+        match self {
+            ShutdownMode::Smart => "TERM",
+            ShutdownMode::Fast => "INT",
+            ShutdownMode::Immediate => "QUIT",
+        }
+    }
+}
+
+/// Settings for [`PrivateCluster::start_with`].
+#[derive(Clone, Default)]
+#[must_use]
+pub struct ClusterOptions {
+    password: Option<String>,
+    settings: Vec<(String, String)>,
+}
+
+impl ClusterOptions {
+    /// Requires this password of the `postgres` user on TCP connections (`scram-sha-256`
+    /// authentication); [`PrivateCluster::config`] and [`PrivateCluster::url`] then carry it.
+    /// Without one, the cluster trusts every local connection.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets a server setting (`postgres -c name=value`), e.g. `("log_min_messages", "debug1")`.
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+}
+
+impl fmt::Debug for ClusterOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterOptions")
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// A PostgreSQL cluster of its own for one test, which the test may stop, restart or crash:
+/// for testing code (koyo-job's workers, or your own) against a server that goes away.
+///
+/// [`TestDatabase`] shares one server between all the tests of a process, so no test may stop
+/// it. A `PrivateCluster` is created with `initdb` in a new temporary directory and listens on
+/// a free port of 127.0.0.1, which it keeps across restarts, so clients configured with
+/// [`PrivateCluster::url`] can reconnect after [`PrivateCluster::restart`].
+///
+/// ```no_run
+/// use koyo_job::testing::{PrivateCluster, ShutdownMode};
+///
+/// #[tokio::test]
+/// async fn workers_survive_a_server_crash() -> Result<(), Box<dyn std::error::Error>> {
+///     let mut cluster = PrivateCluster::start().await?;
+///     let broker = koyo_job::Broker::connect(&cluster.url()).await?;
+///     koyo_job::migrate(&broker).await?;
+///     // … start workers, enqueue jobs …
+///     cluster.restart(ShutdownMode::Immediate).await?; // a crash, then crash recovery
+///     // … check that every job completes …
+///     Ok(())
+/// } // the server is stopped and its directory deleted here
+/// ```
+///
+/// It needs PostgreSQL's server programs (`initdb`, `postgres`), found as for a throwaway
+/// cluster (see the [module documentation](self)); it never uses `DATABASE_URL` or a server on
+/// port 5432. When this process runs as root, the server runs as the `postgres` OS user.
+///
+/// The server is tuned for tests: `fsync` is off (a crash of the *machine* could lose data;
+/// a crash or immediate shutdown of the *server* loses no committed transaction, since
+/// `synchronous_commit` stays on), and it allows 200 connections.
+///
+/// Dropping the value stops the server (immediate shutdown) and deletes the directory. If the
+/// test process dies first, however it dies, a watchdog process does the same.
+pub struct PrivateCluster {
+    dir: PathBuf,
+    port: u16,
+    owner: Owner,
+    programs: ServerPrograms,
+    settings: Vec<(String, String)>,
+    config: Config,
+    server: Option<Child>,
+    watchdog: Option<ChildStdin>,
+}
+
+impl PrivateCluster {
+    /// Creates a cluster in a new temporary directory and starts its server on a free port.
+    pub async fn start() -> Result<PrivateCluster, TestDbError> {
+        PrivateCluster::start_with(ClusterOptions::default()).await
+    }
+
+    /// Like [`PrivateCluster::start`], with a password or server settings.
+    pub async fn start_with(options: ClusterOptions) -> Result<PrivateCluster, TestDbError> {
+        let programs = find_server_programs().ok_or_else(|| {
+            TestDbError::cluster(
+                "PostgreSQL's server programs (initdb and postgres) were not found on PATH or in \
+                 /usr/lib/postgresql/<version>/bin: install PostgreSQL's server package \
+                 (e.g. `apt-get install postgresql`)",
+                None,
+            )
+        })?;
+        let (dir, owner, watchdog, programs) =
+            prepare_cluster_off_thread(programs, options.password.clone()).await?;
+        let mut settings = settings(&[("synchronous_commit", "on")]);
+        settings.extend(options.settings);
+        let password = options.password.as_deref().map(str::as_bytes);
+        let (server, config) = launch(&programs, &dir, owner, None, &settings, password).await?;
+        let port = config.get_ports()[0];
+        Ok(PrivateCluster {
+            dir,
+            port,
+            owner,
+            programs,
+            settings,
+            config,
+            server: Some(server),
+            watchdog: Some(watchdog),
+        })
+    }
+
+    /// Connects to the `postgres` database as the superuser `postgres` (without TLS), with the
+    /// password if the cluster has one. Create your own databases and roles through it.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// [`PrivateCluster::config`] as a `postgresql://` URL. It contains the password, if the
+    /// cluster has one: do not print it.
+    pub fn url(&self) -> String {
+        to_url(&self.config)
+    }
+
+    /// The TCP port on 127.0.0.1; the same for the life of the cluster.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory holding the cluster (`data/`) and the server's log (`postgres.log`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The end of the server's log (its last 2,000 bytes), for failure messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.dir)
+    }
+
+    /// Whether the server is running (started, and not stopped or crashed since).
+    pub fn is_running(&mut self) -> bool {
+        self.server.as_mut().is_some_and(|server| matches!(server.try_wait(), Ok(None)))
+    }
+
+    /// Stops the server in `mode` and waits until it has exited (at most 60 s). Clients see
+    /// their connections closed; new connections are refused until
+    /// [`PrivateCluster::start_again`]. Stopping a stopped server does nothing.
+    pub async fn stop(&mut self, mode: ShutdownMode) -> Result<(), TestDbError> {
+        let Some(server) = self.server.as_mut() else { return Ok(()) };
+        if matches!(server.try_wait(), Ok(None)) {
+            signal(server.id(), mode.signal())
+                .map_err(|error| TestDbError::cluster("could not signal the server", error))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match server.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
+                Ok(None) => {
+                    return Err(TestDbError::cluster(
+                        format!(
+                            "the server did not stop within 60 s ({mode:?} shutdown): {}",
+                            self.log_tail()
+                        ),
+                        None,
+                    ));
+                }
+                Err(error) => return Err(TestDbError::cluster("could not wait for the server", error)),
+            }
+        }
+        self.server = None;
+        // Its pid may be reused by now: the watchdog must not signal it.
+        let _ = fs::remove_file(self.dir.join("server.pid"));
+        Ok(())
+    }
+
+    /// Starts the stopped server again on the same port and waits until it accepts
+    /// connections (after an immediate shutdown, once crash recovery is done).
+    pub async fn start_again(&mut self) -> Result<(), TestDbError> {
+        if self.is_running() {
+            return Err(TestDbError::cluster("start_again: the server is already running", None));
+        }
+        let password = self.config.get_password().map(<[u8]>::to_vec);
+        let (server, _) = launch(
+            &self.programs,
+            &self.dir,
+            self.owner,
+            Some(self.port),
+            &self.settings,
+            password.as_deref(),
+        )
+        .await?;
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Stops the server in `mode`, then starts it again: [`PrivateCluster::stop`] then
+    /// [`PrivateCluster::start_again`].
+    pub async fn restart(&mut self, mode: ShutdownMode) -> Result<(), TestDbError> {
+        self.stop(mode).await?;
+        self.start_again().await
+    }
+}
+
+impl fmt::Debug for PrivateCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `tokio_postgres::Config`'s `Debug` redacts the password.
+        f.debug_struct("PrivateCluster")
+            .field("dir", &self.dir)
+            .field("port", &self.port)
+            .field("running", &self.server.is_some())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PrivateCluster {
+    /// Stops the server at once and deletes the cluster's directory (blocking, briefly).
+    fn drop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            if matches!(server.try_wait(), Ok(None)) {
+                let _ = signal(server.id(), ShutdownMode::Immediate.signal());
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while matches!(server.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if matches!(server.try_wait(), Ok(None)) {
+                    let _ = server.kill();
+                }
+            }
+            let _ = server.wait();
+        }
+        let _ = fs::remove_file(self.dir.join("server.pid"));
+        if let Err(error) = fs::remove_dir_all(&self.dir) {
+            eprintln!("koyo_job::testing: could not delete {}: {error}", self.dir.display());
+        }
+        // Closing the pipe lets the watchdog go; it finds no server and nothing left to delete.
+        drop(self.watchdog.take());
+    }
+}
+
+/// Sends a signal (`INT`, `QUIT`, …) to a process, through `sh`'s `kill` (std has no `kill(2)`).
+fn signal(pid: u32, name: &str) -> io::Result<()> {
+    let status = Command::new("sh")
+        .args(["-c", "kill -s \"$1\" \"$2\"", "sh", name, &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("kill -s {name} {pid} failed ({status})")))
     }
 }
 
@@ -430,18 +717,68 @@ rm -rf "$dir"
 /// The directory holds `data/` (the cluster), `server.pid`, `postgres.log` and the server's
 /// socket. Its watchdog is started first, so even a failure half-way leaves nothing behind.
 async fn start_cluster(programs: ServerPrograms) -> Result<Server, TestDbError> {
-    // initdb takes a second or two: off the runtime's thread, which other tests may share.
-    let (dir, owner, watchdog, programs) = tokio::task::spawn_blocking(move || {
-        prepare_cluster(&programs).map(|(dir, owner, watchdog)| (dir, owner, watchdog, programs))
+    let (dir, owner, watchdog, programs) = prepare_cluster_off_thread(programs, None).await?;
+    // Durability is pointless for a cluster deleted at exit, and costs time in every test.
+    let settings = settings(&[("synchronous_commit", "off")]);
+    let (child, admin) = launch(&programs, &dir, owner, None, &settings, None).await?;
+    // The `Child` is dropped without waiting on purpose: postgres must outlive this handle, and
+    // the watchdog stops it.
+    drop(child);
+    Ok(Server { admin, _watchdog: Some(watchdog) })
+}
+
+/// The server settings every cluster of this module gets, then `extra` (later ones win).
+fn settings(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    [
+        ("listen_addresses", "127.0.0.1"),
+        ("fsync", "off"),
+        ("full_page_writes", "off"),
+        ("max_connections", "200"),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+    .collect()
+}
+
+/// [`prepare_cluster`] on a blocking thread: initdb takes a second or two, and the runtime's
+/// thread may be shared with other tests.
+async fn prepare_cluster_off_thread(
+    programs: ServerPrograms,
+    password: Option<String>,
+) -> Result<(PathBuf, Owner, ChildStdin, ServerPrograms), TestDbError> {
+    tokio::task::spawn_blocking(move || {
+        prepare_cluster(&programs, password.as_deref())
+            .map(|(dir, owner, watchdog)| (dir, owner, watchdog, programs))
     })
     .await
-    .map_err(|error| TestDbError::cluster(format!("setting it up panicked: {error}"), None))??;
+    .map_err(|error| TestDbError::cluster(format!("setting it up panicked: {error}"), None))?
+}
 
-    // A port found free may be taken before postgres binds it, so a few ports are tried.
+/// Starts postgres on the cluster in `dir` and waits until it accepts connections: on `port`,
+/// or on a free port when `None` (a port found free may be taken before postgres binds it, so a
+/// few are tried; a fixed port is tried a few times, as it may take a moment to be released).
+/// Returns the server process and a configuration for the `postgres` database as `postgres`.
+async fn launch(
+    programs: &ServerPrograms,
+    dir: &Path,
+    owner: Owner,
+    port: Option<u16>,
+    settings: &[(String, String)],
+    password: Option<&[u8]>,
+) -> Result<(Child, Config), TestDbError> {
     let mut last_failure = String::new();
-    for _ in 0..3 {
-        let port = free_port().map_err(|error| TestDbError::cluster("could not find a free port", error))?;
-        let mut child = spawn_postgres(&programs, &dir, port, owner)?;
+    for attempt in 0..3 {
+        let port = match port {
+            Some(port) => {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                port
+            }
+            None => free_port().map_err(|error| TestDbError::cluster("could not find a free port", error))?,
+        };
+        let mut child = spawn_postgres(programs, dir, port, owner, settings)?;
         let mut admin = Config::new();
         admin
             .host("127.0.0.1")
@@ -449,11 +786,14 @@ async fn start_cluster(programs: ServerPrograms) -> Result<Server, TestDbError> 
             .user("postgres")
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(2));
+        if let Some(password) = password {
+            admin.password(password);
+        }
 
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                last_failure = format!("postgres exited with {status}: {}", log_tail(&dir));
+                last_failure = format!("postgres exited with {status}: {}", log_tail(dir));
                 break;
             }
             if started.elapsed() > CLUSTER_START_DEADLINE {
@@ -463,17 +803,15 @@ async fn start_cluster(programs: ServerPrograms) -> Result<Server, TestDbError> 
                     format!(
                         "postgres did not accept connections within {} s: {}",
                         CLUSTER_START_DEADLINE.as_secs(),
-                        log_tail(&dir)
+                        log_tail(dir)
                     ),
                     None,
                 ));
             }
             if let Ok(Ok(_client)) = tokio::time::timeout(Duration::from_secs(2), connect(&admin)).await {
-                // The `Child` is dropped without waiting on purpose: postgres must outlive
-                // this handle, and the watchdog stops it.
-                return Ok(Server { admin, _watchdog: Some(watchdog) });
+                return Ok((child, admin));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     Err(TestDbError::cluster(last_failure, None))
@@ -482,8 +820,12 @@ async fn start_cluster(programs: ServerPrograms) -> Result<Server, TestDbError> 
 /// The OS user the cluster runs as, when this process is root: `(uid, gid)`.
 type Owner = Option<(u32, u32)>;
 
-/// Makes the directory, starts its watchdog and runs `initdb` (blocking).
-fn prepare_cluster(programs: &ServerPrograms) -> Result<(PathBuf, Owner, ChildStdin), TestDbError> {
+/// Makes the directory, starts its watchdog and runs `initdb` (blocking). With a password, TCP
+/// connections must give it (`scram-sha-256`); without one, every connection is trusted.
+fn prepare_cluster(
+    programs: &ServerPrograms,
+    password: Option<&str>,
+) -> Result<(PathBuf, Owner, ChildStdin), TestDbError> {
     let dir = make_private_dir()?;
 
     let owner = if fs::metadata(&dir)
@@ -519,11 +861,34 @@ fn prepare_cluster(programs: &ServerPrograms) -> Result<(PathBuf, Owner, ChildSt
     initdb
         .arg("-D")
         .arg(dir.join("data"))
-        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])
+        .args(["-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])
         .current_dir(&dir)
         .stdin(Stdio::null());
+    // The password goes to initdb in a file (never on a command line, where `ps` shows it)
+    // inside the cluster's private directory, removed as soon as initdb is done.
+    let password_file = dir.join("initdb.pw");
+    match password {
+        None => {
+            initdb.args(["-A", "trust"]);
+        }
+        Some(password) => {
+            fs::write(&password_file, format!("{password}\n"))
+                .map_err(|error| TestDbError::cluster("could not write the password file", error))?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(&password_file, Some(uid), Some(gid)).map_err(|error| {
+                    TestDbError::cluster("could not give the password file to the postgres user", error)
+                })?;
+            }
+            initdb
+                .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+                .arg("--pwfile")
+                .arg(&password_file);
+        }
+    }
     run_as(&mut initdb, owner);
-    let output = initdb.output().map_err(|error| {
+    let output = initdb.output();
+    let _ = fs::remove_file(&password_file);
+    let output = output.map_err(|error| {
         TestDbError::cluster(format!("could not run {}", programs.initdb.display()), error)
     })?;
     if !output.status.success() {
@@ -541,10 +906,15 @@ fn prepare_cluster(programs: &ServerPrograms) -> Result<(PathBuf, Owner, ChildSt
 }
 
 /// A new directory `koyo-job-pg-<pid>-<n>` in the temporary directory, readable by its owner only.
+///
+/// A name is never used twice by one process: the watchdog of a dropped [`PrivateCluster`] may
+/// still be about to delete its directory when the next cluster is created.
 fn make_private_dir() -> Result<PathBuf, TestDbError> {
+    static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
     let base = std::env::temp_dir();
     let mut last_error = None;
-    for n in 0..100 {
+    for _ in 0..100 {
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
         let dir = base.join(format!("koyo-job-pg-{}-{n}", std::process::id()));
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
@@ -596,27 +966,22 @@ fn spawn_postgres(
     dir: &Path,
     port: u16,
     owner: Owner,
+    settings: &[(String, String)],
 ) -> Result<Child, TestDbError> {
-    let log = File::create(dir.join("postgres.log"))
+    // Appended to, so that a restarted server's log follows the earlier one's.
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("postgres.log"))
         .and_then(|log| Ok((log.try_clone()?, log)))
         .map_err(|error| TestDbError::cluster("could not create its log file", error))?;
 
     let mut postgres = Command::new(&programs.postgres);
-    postgres
-        .arg("-D")
-        .arg(dir.join("data"))
-        .arg("-p")
-        .arg(port.to_string())
-        .arg("-k")
-        .arg(dir)
-        // Durability is pointless for a cluster deleted at exit, and costs time in every test.
-        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
-        .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(log.0)
-        .stderr(log.1)
-        .process_group(0);
+    postgres.arg("-D").arg(dir.join("data")).arg("-p").arg(port.to_string()).arg("-k").arg(dir);
+    for (name, value) in settings {
+        postgres.arg("-c").arg(format!("{name}={value}"));
+    }
+    postgres.current_dir(dir).stdin(Stdio::null()).stdout(log.0).stderr(log.1).process_group(0);
     run_as(&mut postgres, owner);
     let child = postgres.spawn().map_err(|error| {
         TestDbError::cluster(format!("could not run {}", programs.postgres.display()), error)

@@ -4,7 +4,7 @@
 //! shutdown), the listener (a dedicated LISTEN connection that turns notifications into wake-ups)
 //! and the completer (writes attempt results in batches). Each job runs in a task of its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
@@ -199,7 +199,9 @@ impl WorkerBuilder {
     }
 
     /// How long finished jobs are kept (default: done one day, failed and cancelled one week).
-    /// Every worker deletes expired rows in batches of 1,000, oldest first.
+    /// Every worker deletes expired rows in batches of 1,000, oldest first. With `done` set to
+    /// zero, successful jobs are deleted as they complete, in the completion statement itself
+    /// (the fastest setting, when no one needs to look at finished jobs).
     pub fn retention(mut self, retention: Retention) -> Self {
         self.retention = retention;
         self
@@ -263,11 +265,17 @@ impl WorkerBuilder {
             job_timeout: self.job_timeout,
             unknown_job_delay: self.unknown_job_delay,
             middleware: self.middleware,
+            complete: if self.retention.done == Some(Duration::ZERO) {
+                &sql::COMPLETE_DELETE
+            } else {
+                &sql::COMPLETE
+            },
             worker_id: AtomicI64::new(worker_id),
             slots: Arc::new(Semaphore::new(self.pool_size)),
             wake: Notify::new(),
             tick_soon: Notify::new(),
             running: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashSet::new()),
             completions: done_tx,
         });
         let listener = self.listen.then(|| tokio::spawn(listen(shared.clone())));
@@ -341,6 +349,8 @@ struct Shared {
     job_timeout: Option<Duration>,
     unknown_job_delay: Duration,
     middleware: Vec<Arc<dyn Middleware>>,
+    /// `COMPLETE`, or `COMPLETE_DELETE` when done jobs are not kept.
+    complete: &'static sql::Statement,
     worker_id: AtomicI64,
     /// One permit per job slot; a job holds one until its body ends.
     slots: Arc<Semaphore>,
@@ -350,6 +360,11 @@ struct Shared {
     tick_soon: Notify,
     /// Jobs whose body is still running, for giving them back at shutdown.
     running: Mutex<HashMap<JobId, RunningJob>>,
+    /// Ids of the jobs this worker claimed and has not yet written a result for or given back.
+    /// The tick gives back jobs the table says this worker holds that are not here: claims
+    /// whose reply never arrived (the statement timed out, the connection broke) but which
+    /// the server committed.
+    held: Mutex<HashSet<i64>>,
     completions: mpsc::UnboundedSender<ToCompleter>,
 }
 
@@ -584,13 +599,29 @@ struct TickReport {
 async fn try_tick(shared: &Shared, rescue: bool) -> Result<TickReport, Error> {
     let worker_id = shared.worker_id.load(Ordering::Relaxed);
     let lease = shared.lease.as_secs_f64();
-    let row = shared.broker.query_one(&sql::TICK, &[&worker_id, &shared.queues, &lease, &rescue]).await?;
+    let held: Vec<i64> = shared.held.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+    let row =
+        shared.broker.query_one(&sql::TICK, &[&worker_id, &shared.queues, &lease, &rescue, &held]).await?;
     if !row.get::<_, bool>("alive") {
-        // Another worker declared us dead (we missed heartbeats) and gave our jobs back; their
-        // results will be fenced out. Carry on under a new identity.
+        // Another worker declared us dead (we missed heartbeats) and gave our jobs back; they
+        // may already run elsewhere, and their results here would be fenced out: stop them,
+        // then carry on under a new identity.
+        let stopped = stop_jobs_claimed_as(shared, worker_id);
         let new_id = register(&shared.broker, &shared.queues, shared.pool_size).await?;
         shared.worker_id.store(new_id, Ordering::Relaxed);
-        tracing::warn!(old = worker_id, new = new_id, "koyo-job worker lost its lease and registered again");
+        tracing::warn!(
+            old = worker_id,
+            new = new_id,
+            stopped,
+            "koyo-job worker lost its lease and registered again; it stopped the jobs it had lost"
+        );
+    }
+    let orphaned: i64 = row.get("orphaned");
+    if orphaned > 0 {
+        tracing::warn!(
+            orphaned,
+            "koyo-job gave back jobs claimed in this worker's name whose claim never reached it (reply lost)"
+        );
     }
     Ok(TickReport {
         ready: row.get("ready"),
@@ -598,6 +629,22 @@ async fn try_tick(shared: &Shared, rescue: bool) -> Result<TickReport, Error> {
         rescued: row.get("rescued"),
         next_due_secs: row.get("next_due_secs"),
     })
+}
+
+/// Stops the bodies of the jobs this worker claimed as `worker_id` (an identity it has lost:
+/// the jobs were given back to be run elsewhere). Returns how many were stopped.
+fn stop_jobs_claimed_as(shared: &Shared, worker_id: i64) -> usize {
+    let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
+    let lost: Vec<JobId> =
+        running.iter().filter(|(_, job)| job.claim.worker_id == worker_id).map(|(id, _)| *id).collect();
+    let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
+    for id in &lost {
+        if let Some(job) = running.remove(id) {
+            job.abort.abort();
+        }
+        held.remove(&id.0);
+    }
+    lost.len()
 }
 
 async fn claim(shared: &Shared, limit: usize) -> Result<Vec<ClaimedJob>, Error> {
@@ -616,6 +663,7 @@ async fn claim(shared: &Shared, limit: usize) -> Result<Vec<ClaimedJob>, Error> 
 }
 
 fn start_jobs(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>, mut permits: OwnedSemaphorePermit) {
+    shared.held.lock().unwrap_or_else(|p| p.into_inner()).extend(jobs.iter().map(|job| job.claim.id.0));
     let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
     for job in jobs {
         let Some(permit) = permits.split(1) else { break };
@@ -647,7 +695,13 @@ async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePer
         job.attempt = job.claim.attempt,
     );
     let verdict = attempt(&shared, &job, &ctx).instrument(span).await;
-    shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.claim.id);
+    {
+        // Only our own entry: the same job may have been claimed again since, under a new id.
+        let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.get(&job.claim.id).is_some_and(|r| r.claim == job.claim) {
+            running.remove(&job.claim.id);
+        }
+    }
     drop(permit);
     let _ = shared.completions.send(ToCompleter::Result(Completion {
         claim: job.claim,
@@ -790,7 +844,13 @@ async fn write_until_done(shared: &Shared, batch: &[Completion], log: &mut Quiet
     let mut pause = Duration::from_millis(50);
     loop {
         match write_batch(shared, batch).await {
-            Ok(()) => return,
+            Ok(()) => {
+                let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
+                for c in batch {
+                    held.remove(&c.claim.id.0);
+                }
+                return;
+            }
             Err(e) => log.error(&e),
         }
         if last && Instant::now() >= give_up {
@@ -819,7 +879,7 @@ async fn write_batch(shared: &Shared, batch: &[Completion]) -> Result<(), Error>
             .map(|c| (c.claim.id.0, c.claim.attempt))
             .unzip();
         if !done_ids.is_empty() {
-            let rows = shared.broker.query(&sql::COMPLETE, &[&done_ids, &done_attempts, &worker_id]).await?;
+            let rows = shared.broker.query(shared.complete, &[&done_ids, &done_attempts, &worker_id]).await?;
             written.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
         }
         let mut other = Unsuccessful::default();

@@ -471,3 +471,19 @@ async fn one_worker_serves_several_queues_and_ignores_others() {
     worker.shutdown().await;
     assert_eq!(env.job(other).await.status, "ready", "queue `fail` is not served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_zero_retention_done_jobs_are_deleted_as_they_complete() {
+    let env = env().await;
+    let jobs: Vec<_> = (0..50).map(|n| busy(env.key.clone(), n)).collect();
+    env.broker.enqueue_many(jobs).await.unwrap();
+    let failing = always_fails(env.key.clone()).enqueue_on(&env.broker).await.unwrap();
+    let retention = koyo_job::Retention { done: Some(Duration::ZERO), ..koyo_job::Retention::default() };
+    let worker = env.worker().queues(["busy", "fail"]).retention(retention).start().await.unwrap();
+    env.wait_for_count("SELECT count(*) FROM ledger WHERE label = 'ran'", 50, Duration::from_secs(20)).await;
+    env.wait_for_status(failing, "failed", Duration::from_secs(10)).await;
+    env.wait_for_count("SELECT count(*) FROM koyo_jobs", 1, Duration::from_secs(10)).await;
+    worker.shutdown().await;
+    let left: i64 = env.query("SELECT count(*) FROM koyo_jobs WHERE status = 'failed'", &[]).await[0].get(0);
+    assert_eq!(left, 1, "only the failed job is kept");
+}
