@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use koyo_job::testing::TestDatabase;
 use koyo_job::tokio_postgres::{Client, Config};
-use koyo_job::{Broker, BrokerOptions, Worker};
+use koyo_job::{Broker, BrokerOptions, Retention, Worker};
 
 use args::{Args, Command};
 use child::WorkerProcess;
@@ -460,11 +460,20 @@ async fn bulk(ctx: &Ctx, report: &mut Report) -> Res<()> {
 /// koyo-job drains `n` jobs with one in-process worker of `pool_size`.
 async fn koyo_drain(ctx: &Ctx, n: u64, pool_size: usize) -> Res<Measured> {
     fill_ready(ctx, n).await?;
-    koyo_drain_filled(ctx, n, pool_size).await
+    koyo_drain_filled(ctx, n, pool_size, Keep::Done).await
+}
+
+/// What a drain's worker does with finished jobs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Marks them `done` (the default retention keeps them a day).
+    Done,
+    /// Deletes them as they complete (retention for done jobs set to zero).
+    Nothing,
 }
 
 /// The same, on a table already filled (by the caller).
-async fn koyo_drain_filled(ctx: &Ctx, n: u64, pool_size: usize) -> Res<Measured> {
+async fn koyo_drain_filled(ctx: &Ctx, n: u64, pool_size: usize, keep: Keep) -> Res<Measured> {
     let before = statuses(ctx).await?;
     let done_before = count_of(&before, "done");
     let worker_broker = Broker::new(ctx.config.clone(), BrokerOptions::default())?;
@@ -472,7 +481,11 @@ async fn koyo_drain_filled(ctx: &Ctx, n: u64, pool_size: usize) -> Res<Measured>
     jobs::EXECUTED.store(0, Ordering::Relaxed);
 
     let started = Instant::now();
-    let worker = Worker::builder(worker_broker).pool_size(pool_size).start().await?;
+    let mut builder = Worker::builder(worker_broker).pool_size(pool_size);
+    if keep == Keep::Nothing {
+        builder = builder.retention(Retention { done: Some(Duration::ZERO), ..Retention::default() });
+    }
+    let worker = builder.start().await?;
     // Every body has run once the counter reaches n; the last results may still be on their way
     // to the table, which the poll then waits for.
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -485,7 +498,11 @@ async fn koyo_drain_filled(ctx: &Ctx, n: u64, pool_size: usize) -> Res<Measured>
 
     let executed = jobs::executed();
     let after = statuses(ctx).await?;
-    let done = count_of(&after, "done") - done_before;
+    let done = match keep {
+        Keep::Done => count_of(&after, "done") - done_before,
+        // Deleted as they completed: what is gone was done.
+        Keep::Nothing => before.iter().map(|(_, c)| c).sum::<i64>() - after.iter().map(|(_, c)| c).sum::<i64>(),
+    };
     let reruns: i64 = ctx
         .admin
         .query_one("SELECT count(*) FROM koyo_jobs WHERE status = 'done' AND attempts <> 1", &[])
@@ -619,6 +636,19 @@ async fn drain(ctx: &Ctx, report: &mut Report) -> Res<()> {
         }
         let koyo = median(runs);
         report.rows.push(drain_row(format!("pool_size {pool_size}"), koyo, bounds.as_ref(), pool_size == 16));
+    }
+
+    // Done jobs deleted as they complete: the like-for-like comparison with bound (a), which
+    // deletes finished rows too.
+    if ctx.args.pools.contains(&16) {
+        let mut runs = Vec::new();
+        for _ in 0..ctx.args.repeat {
+            progress(&format!("drain: koyo-job pool_size 16, done jobs deleted, {n} jobs"));
+            fill_ready(ctx, n).await?;
+            runs.push(koyo_drain_filled(ctx, n, 16, Keep::Nothing).await?);
+        }
+        let koyo = median(runs);
+        report.rows.push(drain_row("pool_size 16, done jobs deleted".into(), koyo, bounds.as_ref(), false));
     }
 
     // Worker processes.
@@ -890,7 +920,7 @@ async fn history(ctx: &Ctx, report: &mut Report) -> Res<()> {
 
     progress(&format!("history: koyo-job pool_size 16, {n} jobs, with history"));
     add_ready(ctx, n).await?;
-    let mut with_history = koyo_drain_filled(ctx, n, 16).await?;
+    let mut with_history = koyo_drain_filled(ctx, n, 16, Keep::Done).await?;
     let st = statuses(ctx).await?;
     let kept = count_of(&st, "done") == (h + 2 * n) as i64 && count_of(&st, "scheduled") == h as i64;
     with_history.check.ok &= kept;
