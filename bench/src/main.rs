@@ -501,7 +501,9 @@ async fn koyo_drain_filled(ctx: &Ctx, n: u64, pool_size: usize, keep: Keep) -> R
     let done = match keep {
         Keep::Done => count_of(&after, "done") - done_before,
         // Deleted as they completed: what is gone was done.
-        Keep::Nothing => before.iter().map(|(_, c)| c).sum::<i64>() - after.iter().map(|(_, c)| c).sum::<i64>(),
+        Keep::Nothing => {
+            before.iter().map(|(_, c)| c).sum::<i64>() - after.iter().map(|(_, c)| c).sum::<i64>()
+        }
     };
     let reruns: i64 = ctx
         .admin

@@ -91,17 +91,19 @@ impl Worker {
     pub fn builder(broker: Broker) -> WorkerBuilder {
         WorkerBuilder {
             broker,
-            queues: Vec::new(),
-            pool_size: 8,
-            poll_interval: Duration::from_secs(1),
-            lease: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(60),
-            backoff: Backoff::default(),
-            job_timeout: None,
-            unknown_job_delay: Duration::from_secs(60),
-            retention: Retention::default(),
-            prune_interval: Duration::from_secs(30),
-            listen: true,
+            settings: Settings {
+                queues: Vec::new(),
+                pool_size: 8,
+                poll_interval: Duration::from_secs(1),
+                lease: Duration::from_secs(30),
+                shutdown_grace: Duration::from_secs(60),
+                backoff: Backoff::default(),
+                job_timeout: None,
+                unknown_job_delay: Duration::from_secs(60),
+                retention: Retention::default(),
+                prune_interval: Duration::from_secs(30),
+                listen: true,
+            },
             middleware: Vec::new(),
         }
     }
@@ -111,6 +113,13 @@ impl Worker {
 #[must_use = "a worker does nothing until `start` is awaited"]
 pub struct WorkerBuilder {
     broker: Broker,
+    settings: Settings,
+    middleware: Vec<Arc<dyn Middleware>>,
+}
+
+/// A worker's settings, as configured on its builder.
+#[derive(Clone, Debug)]
+struct Settings {
     queues: Vec<String>,
     pool_size: usize,
     poll_interval: Duration,
@@ -122,38 +131,30 @@ pub struct WorkerBuilder {
     retention: Retention,
     prune_interval: Duration,
     listen: bool,
-    middleware: Vec<Arc<dyn Middleware>>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerBuilder")
-            .field("queues", &self.queues)
-            .field("pool_size", &self.pool_size)
-            .field("poll_interval", &self.poll_interval)
-            .field("lease", &self.lease)
-            .field("shutdown_grace", &self.shutdown_grace)
-            .field("listen", &self.listen)
-            .finish_non_exhaustive()
+        f.debug_struct("WorkerBuilder").field("settings", &self.settings).finish_non_exhaustive()
     }
 }
 
 impl WorkerBuilder {
     /// Adds a queue to serve (default: `"default"` when none is added).
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
-        self.queues.push(queue.into());
+        self.settings.queues.push(queue.into());
         self
     }
 
     /// Adds several queues to serve.
     pub fn queues<I: IntoIterator<Item = S>, S: Into<String>>(mut self, queues: I) -> Self {
-        self.queues.extend(queues.into_iter().map(Into::into));
+        self.settings.queues.extend(queues.into_iter().map(Into::into));
         self
     }
 
     /// How many jobs run at once (default 8).
     pub fn pool_size(mut self, pool_size: usize) -> Self {
-        self.pool_size = pool_size;
+        self.settings.pool_size = pool_size;
         self
     }
 
@@ -161,7 +162,7 @@ impl WorkerBuilder {
     /// promotion of due scheduled jobs, and a check for ready jobs whose notification was lost
     /// (default 1 s: one cheap query per second when idle).
     pub fn poll_interval(mut self, every: Duration) -> Self {
-        self.poll_interval = every;
+        self.settings.poll_interval = every;
         self
     }
 
@@ -169,32 +170,32 @@ impl WorkerBuilder {
     /// running jobs back (default 30 s). Heartbeats are sent every poll interval, so this must be
     /// at least three poll intervals.
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
+        self.settings.lease = lease;
         self
     }
 
     /// How long shutdown waits for running jobs before giving them back (default 60 s, as koyo).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.shutdown_grace = grace;
+        self.settings.shutdown_grace = grace;
         self
     }
 
     /// The delay between failed attempts (default 1 s doubling to 1 h).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
+        self.settings.backoff = backoff;
         self
     }
 
     /// A time limit for jobs that set none of their own (default: none).
     pub fn job_timeout(mut self, timeout: Duration) -> Self {
-        self.job_timeout = Some(timeout);
+        self.settings.job_timeout = Some(timeout);
         self
     }
 
     /// How long a job this binary does not know is put back before another worker may claim it
     /// (default 60 s).
     pub fn unknown_job_delay(mut self, delay: Duration) -> Self {
-        self.unknown_job_delay = delay;
+        self.settings.unknown_job_delay = delay;
         self
     }
 
@@ -203,20 +204,20 @@ impl WorkerBuilder {
     /// zero, successful jobs are deleted as they complete, in the completion statement itself
     /// (the fastest setting, when no one needs to look at finished jobs).
     pub fn retention(mut self, retention: Retention) -> Self {
-        self.retention = retention;
+        self.settings.retention = retention;
         self
     }
 
     /// How often the worker deletes expired finished jobs (default 30 s).
     pub fn prune_interval(mut self, every: Duration) -> Self {
-        self.prune_interval = every;
+        self.settings.prune_interval = every;
         self
     }
 
     /// Whether to LISTEN for notifications (default true). Turn it off behind PgBouncer in
     /// transaction mode: the worker then finds work by polling alone.
     pub fn listen(mut self, listen: bool) -> Self {
-        self.listen = listen;
+        self.settings.listen = listen;
         self
     }
 
@@ -229,60 +230,59 @@ impl WorkerBuilder {
     /// Registers the worker and starts it. Fails if the configuration cannot work, if the job
     /// definitions linked into this binary conflict, or if the database cannot be reached.
     pub async fn start(mut self) -> Result<WorkerHandle, Error> {
-        if self.queues.is_empty() {
-            self.queues.push("default".to_owned());
+        if self.settings.queues.is_empty() {
+            self.settings.queues.push("default".to_owned());
         }
-        self.queues.sort();
-        self.queues.dedup();
-        for queue in &self.queues {
+        self.settings.queues.sort();
+        self.settings.queues.dedup();
+        for queue in &self.settings.queues {
             name::check_queue(queue)?;
         }
-        if self.pool_size == 0 || self.pool_size > Semaphore::MAX_PERMITS.min(100_000) {
+        if self.settings.pool_size == 0 || self.settings.pool_size > Semaphore::MAX_PERMITS.min(100_000) {
             return Err(Error::WorkerConfig(format!(
                 "pool_size must be from 1 to 100000, not {}",
-                self.pool_size
+                self.settings.pool_size
             )));
         }
-        if self.poll_interval.is_zero() || self.lease < self.poll_interval * 3 {
+        if self.settings.poll_interval.is_zero() || self.settings.lease < self.settings.poll_interval * 3 {
             return Err(Error::WorkerConfig(format!(
                 "the lease ({:?}) must be at least three poll intervals ({:?}), which must not be zero",
-                self.lease, self.poll_interval
+                self.settings.lease, self.settings.poll_interval
             )));
         }
         let registry = Registry::global()?;
-        let worker_id = register(&self.broker, &self.queues, self.pool_size).await?;
+        let worker_id = register(&self.broker, &self.settings.queues, self.settings.pool_size).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let complete_stmt = if self.settings.retention.done == Some(Duration::ZERO) {
+            &sql::COMPLETE_DELETE
+        } else {
+            &sql::COMPLETE
+        };
+        let slots = Arc::new(Semaphore::new(self.settings.pool_size));
         let shared = Arc::new(Shared {
             broker: self.broker,
             registry,
-            queues: self.queues,
-            pool_size: self.pool_size,
-            poll_interval: self.poll_interval,
-            lease: self.lease,
-            shutdown_grace: self.shutdown_grace,
-            backoff: self.backoff,
-            job_timeout: self.job_timeout,
-            unknown_job_delay: self.unknown_job_delay,
+            settings: self.settings,
             middleware: self.middleware,
-            complete: if self.retention.done == Some(Duration::ZERO) {
-                &sql::COMPLETE_DELETE
-            } else {
-                &sql::COMPLETE
-            },
+            complete: complete_stmt,
             worker_id: AtomicI64::new(worker_id),
-            slots: Arc::new(Semaphore::new(self.pool_size)),
+            slots,
             wake: Notify::new(),
             tick_soon: Notify::new(),
             running: Mutex::new(HashMap::new()),
             held: Mutex::new(HashSet::new()),
             completions: done_tx,
         });
-        let listener = self.listen.then(|| tokio::spawn(listen(shared.clone())));
-        let pruner = tokio::spawn(prune(shared.broker.clone(), self.retention, self.prune_interval));
+        let listener = shared.settings.listen.then(|| tokio::spawn(listen(shared.clone())));
+        let pruner = tokio::spawn(prune(
+            shared.broker.clone(),
+            shared.settings.retention,
+            shared.settings.prune_interval,
+        ));
         let completer = tokio::spawn(complete(shared.clone(), done_rx));
         let main = tokio::spawn(main_loop(shared.clone(), stop_rx, listener, pruner, completer));
-        tracing::info!(worker_id, queues = ?shared.queues, pool_size = shared.pool_size, "koyo-job worker started");
+        tracing::info!(worker_id, queues = ?shared.settings.queues, pool_size = shared.settings.pool_size, "koyo-job worker started");
         Ok(WorkerHandle { shared, stop: stop_tx, main: Some(main) })
     }
 }
@@ -305,7 +305,7 @@ impl WorkerHandle {
 
     /// How many jobs are running now.
     pub fn in_flight(&self) -> usize {
-        self.shared.pool_size - self.shared.slots.available_permits()
+        self.shared.settings.pool_size - self.shared.slots.available_permits()
     }
 
     /// Stops claiming, waits up to the shutdown grace for running jobs to finish, gives the
@@ -331,8 +331,8 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
             .field("id", &self.worker_id.load(Ordering::Relaxed))
-            .field("queues", &self.queues)
-            .field("pool_size", &self.pool_size)
+            .field("queues", &self.settings.queues)
+            .field("pool_size", &self.settings.pool_size)
             .finish_non_exhaustive()
     }
 }
@@ -340,14 +340,7 @@ impl std::fmt::Debug for Shared {
 struct Shared {
     broker: Broker,
     registry: &'static Registry,
-    queues: Vec<String>,
-    pool_size: usize,
-    poll_interval: Duration,
-    lease: Duration,
-    shutdown_grace: Duration,
-    backoff: Backoff,
-    job_timeout: Option<Duration>,
-    unknown_job_delay: Duration,
+    settings: Settings,
     middleware: Vec<Arc<dyn Middleware>>,
     /// `COMPLETE`, or `COMPLETE_DELETE` when done jobs are not kept.
     complete: &'static sql::Statement,
@@ -473,15 +466,15 @@ async fn main_loop(
     // half the slots to be free, so a stream of short jobs is claimed about pool_size/2 at a
     // time rather than one by one. An idle worker claims at once.
     const LINGER: Duration = Duration::from_millis(1);
-    let batch = (shared.pool_size / 2).max(1);
+    let batch = (shared.settings.pool_size / 2).max(1);
     let mut lingered = false;
 
     loop {
         if drain_deadline.is_none() && (*stop.borrow() || stop.has_changed().is_err()) {
-            drain_deadline = Some(Instant::now() + shared.shutdown_grace);
+            drain_deadline = Some(Instant::now() + shared.settings.shutdown_grace);
         }
         let draining = drain_deadline.is_some();
-        if draining && shared.slots.available_permits() == shared.pool_size {
+        if draining && shared.slots.available_permits() == shared.settings.pool_size {
             break;
         }
 
@@ -503,7 +496,7 @@ async fn main_loop(
                     }
                     Err(e) => {
                         claim_log.error(&e);
-                        retry_at = Some(Instant::now() + shared.poll_interval);
+                        retry_at = Some(Instant::now() + shared.settings.poll_interval);
                     }
                 }
                 continue;
@@ -523,7 +516,7 @@ async fn main_loop(
             _ = tokio::time::sleep_until(wait_retry), if retry_at.is_some() => {}
             _ = tokio::time::sleep_until(wait_drain), if draining => break,
             _ = tokio::time::sleep_until(next_tick) => {
-                next_tick = Instant::now() + shared.poll_interval;
+                next_tick = Instant::now() + shared.settings.poll_interval;
                 tick(&shared, true, &mut may_have_work, &mut next_due, &mut tick_log).await;
             }
             _ = tokio::time::sleep_until(wait_due), if next_due.is_some() => {
@@ -598,16 +591,18 @@ struct TickReport {
 
 async fn try_tick(shared: &Shared, rescue: bool) -> Result<TickReport, Error> {
     let worker_id = shared.worker_id.load(Ordering::Relaxed);
-    let lease = shared.lease.as_secs_f64();
+    let lease = shared.settings.lease.as_secs_f64();
     let held: Vec<i64> = shared.held.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
-    let row =
-        shared.broker.query_one(&sql::TICK, &[&worker_id, &shared.queues, &lease, &rescue, &held]).await?;
+    let row = shared
+        .broker
+        .query_one(&sql::TICK, &[&worker_id, &shared.settings.queues, &lease, &rescue, &held])
+        .await?;
     if !row.get::<_, bool>("alive") {
         // Another worker declared us dead (we missed heartbeats) and gave our jobs back; they
         // may already run elsewhere, and their results here would be fenced out: stop them,
         // then carry on under a new identity.
         let stopped = stop_jobs_claimed_as(shared, worker_id);
-        let new_id = register(&shared.broker, &shared.queues, shared.pool_size).await?;
+        let new_id = register(&shared.broker, &shared.settings.queues, shared.settings.pool_size).await?;
         shared.worker_id.store(new_id, Ordering::Relaxed);
         tracing::warn!(
             old = worker_id,
@@ -649,7 +644,8 @@ fn stop_jobs_claimed_as(shared: &Shared, worker_id: i64) -> usize {
 
 async fn claim(shared: &Shared, limit: usize) -> Result<Vec<ClaimedJob>, Error> {
     let worker_id = shared.worker_id.load(Ordering::Relaxed);
-    let rows = shared.broker.query(&sql::CLAIM, &[&shared.queues, &(limit as i64), &worker_id]).await?;
+    let rows =
+        shared.broker.query(&sql::CLAIM, &[&shared.settings.queues, &(limit as i64), &worker_id]).await?;
     Ok(rows
         .into_iter()
         .map(|row| ClaimedJob {
@@ -718,7 +714,7 @@ async fn attempt(shared: &Shared, job: &ClaimedJob, ctx: &JobContext) -> Verdict
         tracing::warn!(job_id = %id, job = %job.name, "koyo-job claimed a job this binary does not define; putting it back");
         return Verdict::Unsuccessful {
             status: "scheduled",
-            delay: shared.unknown_job_delay,
+            delay: shared.settings.unknown_job_delay,
             error: format!(
                 "no job named {:?} is defined in the worker binary that claimed it (worker {}); \
                  it waits for a worker that defines it",
@@ -739,7 +735,7 @@ async fn attempt(shared: &Shared, job: &ClaimedJob, ctx: &JobContext) -> Verdict
             };
         }
     };
-    let timeout = descriptor.timeout.or(shared.job_timeout);
+    let timeout = descriptor.timeout.or(shared.settings.job_timeout);
     let body_ctx = ctx.clone();
     let mut next = Next { fut: Box::pin(async move { run_body(body, &body_ctx, timeout).await }) };
     if let Some(info) = ctx.info() {
@@ -754,7 +750,7 @@ async fn attempt(shared: &Shared, job: &ClaimedJob, ctx: &JobContext) -> Verdict
     if let Err(failure) = &outcome {
         tracing::debug!(%failure, "koyo-job attempt did not succeed");
     }
-    verdict_for(outcome, attempt, job.max_attempts, &shared.backoff)
+    verdict_for(outcome, attempt, job.max_attempts, &shared.settings.backoff)
 }
 
 fn verdict_for(outcome: Outcome, attempt: i32, max_attempts: i32, backoff: &Backoff) -> Verdict {
@@ -840,7 +836,7 @@ async fn write_until_done(shared: &Shared, batch: &[Completion], log: &mut Quiet
     if batch.is_empty() {
         return;
     }
-    let give_up = Instant::now() + shared.lease;
+    let give_up = Instant::now() + shared.settings.lease;
     let mut pause = Duration::from_millis(50);
     loop {
         match write_batch(shared, batch).await {
@@ -985,6 +981,8 @@ async fn release_unfinished(shared: &Shared) {
 }
 
 /// Deletes expired finished jobs every `every`, in batches, until a batch comes back short.
+/// While there is nothing to delete it looks less and less often (up to 32 × `every`), so an
+/// idle worker costs about one query a second (its tick) and nothing more.
 async fn prune(broker: Broker, retention: Retention, every: Duration) {
     const BATCH: i64 = 1000;
     if retention == Retention::forever() {
@@ -993,18 +991,26 @@ async fn prune(broker: Broker, retention: Retention, every: Duration) {
     let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
     let (done, failed, cancelled) = (secs(retention.done), secs(retention.failed), secs(retention.cancelled));
     let mut log = QuietLog::new("deleting expired finished jobs");
+    let mut pause = every;
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(pause).await;
+        let mut deleted = 0;
         loop {
             match broker.query(&sql::PRUNE, &[&done, &failed, &cancelled, &BATCH]).await {
-                Ok(rows) if (rows.len() as i64) < BATCH => break,
-                Ok(_) => tokio::task::yield_now().await,
+                Ok(rows) => {
+                    deleted += rows.len();
+                    if (rows.len() as i64) < BATCH {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
                 Err(e) => {
                     log.error(&e);
                     break;
                 }
             }
         }
+        pause = if deleted > 0 { every } else { (pause * 2).min(every * 32) };
     }
 }
 
@@ -1058,7 +1064,7 @@ async fn listen_once(shared: &Shared) -> Result<(), Error> {
     shared.wake.notify_one();
     shared.tick_soon.notify_one();
     while let Some(n) = rx.recv().await {
-        if !shared.queues.iter().any(|q| q == n.payload()) {
+        if !shared.settings.queues.iter().any(|q| q == n.payload()) {
             continue;
         }
         match n.channel() {

@@ -124,6 +124,21 @@ impl Env {
         assert!(got.is_some(), "{sql} never returned {want} within {within:?}");
     }
 
+    /// A worker on `queue` that polls only every 30 s and already listens: from its return on,
+    /// a new job starts promptly only through its notification.
+    pub async fn listening_worker(&self, queue: &str) -> koyo_job::WorkerHandle {
+        let worker = self
+            .worker()
+            .queue(queue)
+            .poll_interval(Duration::from_secs(30))
+            .lease(Duration::from_secs(90))
+            .start()
+            .await
+            .expect("worker");
+        self.wait_until_listening().await;
+        worker
+    }
+
     /// Waits until a worker of this database listens for notifications and has had its
     /// first look at the table, so that from now on only a notification (or a poll) finds
     /// new jobs.

@@ -190,15 +190,7 @@ async fn a_rolled_back_transaction_leaves_no_job_and_a_committed_one_runs() {
 async fn a_notification_from_a_transaction_arrives_at_commit() {
     let env = env().await;
     // A worker polling only rarely: the job can start promptly only through the notification.
-    let worker = env
-        .worker()
-        .queue("args")
-        .poll_interval(Duration::from_secs(30))
-        .lease(Duration::from_secs(90))
-        .start()
-        .await
-        .unwrap();
-    env.wait_until_listening().await;
+    let worker = env.listening_worker("args").await;
     let mut client = env.broker.client().await.unwrap();
     let tx = client.transaction().await.unwrap();
     let id = many_args(env.key.clone(), "notified".into(), addr(), vec![], None, None, false, vec![])

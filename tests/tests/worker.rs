@@ -397,15 +397,7 @@ async fn middleware_wraps_every_run_and_sees_the_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_worker_notices_new_jobs_through_notifications() {
     let env = env().await;
-    let worker = env
-        .worker()
-        .queue("order")
-        .poll_interval(Duration::from_secs(30))
-        .lease(Duration::from_secs(90))
-        .start()
-        .await
-        .unwrap();
-    env.wait_until_listening().await;
+    let worker = env.listening_worker("order").await;
     let id = enqueue_ordered(&env, "woken", 1).await;
     env.wait_for_status(id, "done", Duration::from_secs(5)).await;
     worker.shutdown().await;
