@@ -411,7 +411,7 @@ impl fmt::Debug for JobContext {
 /// # use koyo_job::define_job;
 /// #[define_job]
 /// async fn credit(account: i64, cents: i64) -> Result<(), koyo_job::Error> {
-///     # let broker: koyo_job::Broker = unimplemented!();
+///     let broker = koyo_job::current_broker().expect("set at start-up");
 ///     let mut client = broker.client().await?;
 ///     let tx = client.transaction().await?;
 ///     tx.execute("UPDATE accounts SET cents = cents + $2 WHERE id = $1", &[&account, &cents]).await?;

@@ -108,15 +108,7 @@ async fn a_killed_worker_s_jobs_run_again_elsewhere_within_the_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_worker_s_late_completion_changes_nothing() {
     let db = ChaosDb::create().await;
-    let mut a = ChaosWorker::spawn(WORKER, db.url(), WorkerArgs::new("a").pool(2)).await;
-    let id = enqueue_ledger(&db, [1], 1500).await[0];
-    db.expect_count(
-        "a starts the job",
-        "SELECT count(*) FROM chaos_ledger WHERE worker = 'a'",
-        Duration::from_secs(10),
-        |n| n == 1,
-    )
-    .await;
+    let (mut a, id) = one_job_running_on(&db, "a", 1500).await;
 
     a.signal("STOP");
     let frozen_at = OffsetDateTime::now_utc();
@@ -159,15 +151,7 @@ async fn a_frozen_worker_s_late_completion_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thawed_worker_stops_running_the_jobs_it_lost() {
     let db = ChaosDb::create().await;
-    let mut a = ChaosWorker::spawn(WORKER, db.url(), WorkerArgs::new("a").pool(2)).await;
-    let id = enqueue_ledger(&db, [1], 8000).await[0];
-    db.expect_count(
-        "a starts the job",
-        "SELECT count(*) FROM chaos_ledger WHERE worker = 'a'",
-        Duration::from_secs(10),
-        |n| n == 1,
-    )
-    .await;
+    let (mut a, id) = one_job_running_on(&db, "a", 8000).await;
     a.signal("STOP");
     let frozen_at = OffsetDateTime::now_utc();
     let b = ChaosWorker::spawn(WORKER, db.url(), WorkerArgs::new("b").pool(2)).await;
@@ -705,4 +689,19 @@ async fn shutdown_with_a_job_blocking_past_the_grace_fences_its_late_result() {
         stale_path(&w, id),
         ms(blocked_end - rerun.started_at),
     );
+}
+
+/// Starts worker `label` (pool_size 2) and one ledger job working for `work_ms`, and waits until
+/// the job runs there.
+async fn one_job_running_on(db: &ChaosDb, label: &str, work_ms: u64) -> (ChaosWorker, JobId) {
+    let worker = ChaosWorker::spawn(WORKER, db.url(), WorkerArgs::new(label).pool(2)).await;
+    let id = enqueue_ledger(db, [1], work_ms).await[0];
+    db.expect_count(
+        &format!("{label} starts the job"),
+        &format!("SELECT count(*) FROM chaos_ledger WHERE worker = '{label}'"),
+        Duration::from_secs(10),
+        |n| n == 1,
+    )
+    .await;
+    (worker, id)
 }
