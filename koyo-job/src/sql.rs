@@ -249,6 +249,8 @@ WITH beat AS (
     SET status = 'ready', attempts = j.attempts - 1,
         last_error = format('given back by worker %s, which never received its claim (the reply was lost)', $1::int8)
     WHERE j.status = 'running' AND j.worker_id = $1 AND NOT (j.id = ANY($5::int8[]))
+      -- If this worker was declared dead, the rescue above owns these rows.
+      AND EXISTS (SELECT 1 FROM koyo_workers AS w WHERE w.id = $1)
     RETURNING j.queue
 ), due AS MATERIALIZED (
     SELECT id FROM koyo_jobs
