@@ -12,7 +12,7 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::error::Error;
 use crate::job::{IntoNewJob, JobId, NewJob, RunAt};
-use crate::sql;
+use crate::{sql, telemetry};
 
 /// Settings for a [`Broker`]'s connections.
 ///
@@ -170,6 +170,7 @@ impl Broker {
     pub async fn enqueue(&self, job: impl IntoNewJob) -> Result<JobId, Error> {
         let job = job.into_new_job()?;
         let row = self.query_one(&sql::INSERT_ONE, &insert_one_params(&job).as_refs()).await?;
+        telemetry::enqueued([(job.queue, job.name)]);
         Ok(JobId(row.get(0)))
     }
 
@@ -185,6 +186,7 @@ impl Broker {
             return Ok(Vec::new());
         }
         let row = self.query_one(&sql::INSERT_MANY, &batch.params()).await?;
+        batch.count_enqueued();
         Ok(batch_ids(&row))
     }
 }
@@ -193,6 +195,7 @@ impl Broker {
 pub(crate) async fn enqueue_with<C: Executor + ?Sized>(client: &C, job: NewJob) -> Result<JobId, Error> {
     let rows = query_typed(client.pg_client(), &sql::INSERT_ONE, &insert_one_params(&job).as_refs()).await?;
     let row = rows.first().ok_or(Error::NoRow(stmt_name(&sql::INSERT_ONE)))?;
+    telemetry::enqueued([(job.queue, job.name)]);
     Ok(JobId(row.get(0)))
 }
 
@@ -225,6 +228,7 @@ where
         return Ok(Vec::new());
     }
     let rows = query_typed(client.pg_client(), &sql::INSERT_MANY, &batch.params()).await?;
+    batch.count_enqueued();
     Ok(rows.first().map(batch_ids).unwrap_or_default())
 }
 
@@ -325,6 +329,12 @@ impl Batch {
             batch.delays.push(delay);
         }
         Ok(batch)
+    }
+
+    /// Counts the batch in the enqueue metric (inside a transaction: when stored, even if the
+    /// transaction later rolls back).
+    fn count_enqueued(&self) {
+        telemetry::enqueued(self.queues.iter().copied().zip(self.names.iter().copied()));
     }
 
     fn is_empty(&self) -> bool {

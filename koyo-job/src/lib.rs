@@ -27,6 +27,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Metrics (counters, histograms and queue gauges) go through the `metrics` facade: see the
+//! table in `docs/operations.md`. Every job runs inside a `koyo_job.run` tracing span carrying
+//! its id, queue, name and attempt.
+//!
 //! Job definitions are collected at link time: a crate whose jobs a worker must run has to be
 //! linked into the worker binary (`use my_jobs as _;` is enough).
 
@@ -39,6 +43,7 @@ mod middleware;
 mod name;
 mod registry;
 mod sql;
+mod telemetry;
 mod worker;
 
 #[cfg(feature = "testing")]

@@ -117,7 +117,8 @@ UPDATE koyo_jobs AS j
 SET status = 'running', attempts = j.attempts + 1, started_at = now(), worker_id = $3
 FROM picked
 WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.job, j.args, j.attempts, j.max_attempts",
+RETURNING j.id, j.queue, j.job, j.args, j.attempts, j.max_attempts,
+          EXTRACT(EPOCH FROM now() - j.scheduled_at)::float8 AS waited_secs",
     types: &[Type::TEXT_ARRAY, Type::INT8, Type::INT8],
 };
 
@@ -220,9 +221,10 @@ SELECT COALESCE(array_agg(id), '{}'), (SELECT count(*) FROM notified) FROM upd",
 /// - notify queues that got ready jobs;
 /// - give back jobs claimed in this worker's name that it does not hold (`$5`): claims whose
 ///   reply was lost (a statement timeout, a broken connection) but which the server committed;
-/// - report whether ready jobs are waiting, and when the next scheduled one is due.
+/// - report whether ready jobs are waiting, and when the next scheduled one is due;
+/// - when `$6`, report each queue's ready count and lag (for the metrics gauges).
 ///
-/// Params: worker id, queues, lease seconds, rescue?, ids of the jobs the worker holds
+/// Params: worker id, queues, lease seconds, rescue?, ids of the jobs the worker holds, sample?
 pub const TICK: Statement = Statement {
     sql: "
 WITH beat AS (
@@ -252,6 +254,12 @@ WITH beat AS (
       -- If this worker was declared dead, the rescue above owns these rows.
       AND EXISTS (SELECT 1 FROM koyo_workers AS w WHERE w.id = $1)
     RETURNING j.queue
+), depth AS (
+    SELECT q.name, r.ready, r.lag
+    FROM unnest($2::text[]) AS q(name),
+         LATERAL (SELECT count(*) AS ready, EXTRACT(EPOCH FROM now() - min(scheduled_at))::float8 AS lag
+                  FROM koyo_jobs WHERE status = 'ready' AND queue = q.name) AS r
+    WHERE $6::bool
 ), due AS MATERIALIZED (
     SELECT id FROM koyo_jobs
     WHERE status = 'scheduled' AND queue = ANY($2::text[]) AND scheduled_at <= now()
@@ -277,8 +285,13 @@ SELECT
      FROM unnest($2::text[]) AS q(name),
           LATERAL (SELECT scheduled_at AS at FROM koyo_jobs
                    WHERE status = 'scheduled' AND queue = q.name AND scheduled_at > now()
-                   ORDER BY scheduled_at LIMIT 1) AS n) AS next_due_secs",
-    types: &[Type::INT8, Type::TEXT_ARRAY, Type::FLOAT8, Type::BOOL, Type::INT8_ARRAY],
+                   ORDER BY scheduled_at LIMIT 1) AS n) AS next_due_secs,
+    -- Queue depth and lag for the metrics gauges, only when asked ($6): a count of the ready
+    -- index entries per queue, so it is sampled every so many ticks, not every one.
+    (SELECT array_agg(d.name ORDER BY d.name) FROM depth AS d) AS depth_queues,
+    (SELECT array_agg(d.ready ORDER BY d.name) FROM depth AS d) AS depth_ready,
+    (SELECT array_agg(d.lag ORDER BY d.name) FROM depth AS d) AS depth_lag_secs",
+    types: &[Type::INT8, Type::TEXT_ARRAY, Type::FLOAT8, Type::BOOL, Type::INT8_ARRAY, Type::BOOL],
 };
 
 /// Deletes up to `$4` finished jobs older than their state's retention (`$1` done, `$2`

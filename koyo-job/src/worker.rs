@@ -25,7 +25,7 @@ use crate::job::{JobContext, JobFuture, JobId};
 use crate::middleware::{JobInfo, Middleware, Next, Outcome};
 use crate::name;
 use crate::registry::Registry;
-use crate::sql;
+use crate::{sql, telemetry};
 
 /// How long a job waits before its next attempt: exponential in the attempt number, capped,
 /// with ±25 % jitter so jobs that failed together do not retry together.
@@ -381,6 +381,8 @@ struct ClaimedJob {
     name: String,
     args: Vec<u8>,
     max_attempts: i32,
+    /// How long it was due before this claim.
+    waited: Duration,
 }
 
 /// How an attempt ends in the table.
@@ -468,6 +470,7 @@ async fn main_loop(
     const LINGER: Duration = Duration::from_millis(1);
     let batch = (shared.settings.pool_size / 2).max(1);
     let mut lingered = false;
+    let mut ticks: u64 = 0;
 
     loop {
         if drain_deadline.is_none() && (*stop.borrow() || stop.has_changed().is_err()) {
@@ -517,13 +520,14 @@ async fn main_loop(
             _ = tokio::time::sleep_until(wait_drain), if draining => break,
             _ = tokio::time::sleep_until(next_tick) => {
                 next_tick = Instant::now() + shared.settings.poll_interval;
-                tick(&shared, true, &mut may_have_work, &mut next_due, &mut tick_log).await;
+                tick(&shared, Tick::Periodic(ticks), &mut may_have_work, &mut next_due, &mut tick_log).await;
+                ticks += 1;
             }
             _ = tokio::time::sleep_until(wait_due), if next_due.is_some() => {
-                tick(&shared, false, &mut may_have_work, &mut next_due, &mut tick_log).await;
+                tick(&shared, Tick::Extra, &mut may_have_work, &mut next_due, &mut tick_log).await;
             }
             _ = shared.tick_soon.notified() => {
-                tick(&shared, false, &mut may_have_work, &mut next_due, &mut tick_log).await;
+                tick(&shared, Tick::Extra, &mut may_have_work, &mut next_due, &mut tick_log).await;
             }
         }
     }
@@ -556,15 +560,31 @@ async fn slots_freed(slots: &Semaphore, want: usize, linger: Duration) {
     let _ = tokio::time::timeout(linger, slots.acquire_many(want as u32)).await;
 }
 
+/// Which tick this is: the periodic ones (numbered) also rescue, and every
+/// [`Tick::SAMPLE_EVERY`]th samples the queue gauges; the others only look at the table.
+#[derive(Clone, Copy)]
+enum Tick {
+    Periodic(u64),
+    Extra,
+}
+
+impl Tick {
+    const SAMPLE_EVERY: u64 = 15;
+}
+
 /// One round trip of housekeeping; see [`sql::TICK`].
 async fn tick(
     shared: &Shared,
-    rescue: bool,
+    which: Tick,
     may_have_work: &mut bool,
     next_due: &mut Option<Instant>,
     log: &mut QuietLog,
 ) {
-    match try_tick(shared, rescue).await {
+    let (rescue, sample) = match which {
+        Tick::Periodic(n) => (true, n % Tick::SAMPLE_EVERY == 0),
+        Tick::Extra => (false, false),
+    };
+    match try_tick(shared, rescue, sample).await {
         Ok(report) => {
             *may_have_work |= report.ready || report.promoted > 0;
             *next_due = report.next_due_secs.map(|secs| {
@@ -572,6 +592,7 @@ async fn tick(
                 Instant::now() + Duration::from_secs_f64(secs.clamp(0.001, 86_400.0))
             });
             if report.rescued > 0 {
+                telemetry::rescued(report.rescued as u64);
                 tracing::warn!(
                     rescued = report.rescued,
                     "koyo-job gave back jobs of workers that stopped heartbeating"
@@ -589,13 +610,13 @@ struct TickReport {
     next_due_secs: Option<f64>,
 }
 
-async fn try_tick(shared: &Shared, rescue: bool) -> Result<TickReport, Error> {
+async fn try_tick(shared: &Shared, rescue: bool, sample: bool) -> Result<TickReport, Error> {
     let worker_id = shared.worker_id.load(Ordering::Relaxed);
     let lease = shared.settings.lease.as_secs_f64();
     let held: Vec<i64> = shared.held.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
     let row = shared
         .broker
-        .query_one(&sql::TICK, &[&worker_id, &shared.settings.queues, &lease, &rescue, &held])
+        .query_one(&sql::TICK, &[&worker_id, &shared.settings.queues, &lease, &rescue, &held, &sample])
         .await?;
     if !row.get::<_, bool>("alive") {
         // Another worker declared us dead (we missed heartbeats) and gave our jobs back; they
@@ -610,6 +631,14 @@ async fn try_tick(shared: &Shared, rescue: bool) -> Result<TickReport, Error> {
             stopped,
             "koyo-job worker lost its lease and registered again; it stopped the jobs it had lost"
         );
+    }
+    if sample {
+        let queues: Vec<String> = row.get::<_, Option<_>>("depth_queues").unwrap_or_default();
+        let ready: Vec<i64> = row.get::<_, Option<_>>("depth_ready").unwrap_or_default();
+        let lag: Vec<Option<f64>> = row.get::<_, Option<_>>("depth_lag_secs").unwrap_or_default();
+        for ((queue, ready), lag) in queues.iter().zip(ready).zip(lag) {
+            telemetry::queue_depth(queue, ready, lag);
+        }
     }
     let orphaned: i64 = row.get("orphaned");
     if orphaned > 0 {
@@ -654,6 +683,7 @@ async fn claim(shared: &Shared, limit: usize) -> Result<Vec<ClaimedJob>, Error> 
             name: row.get(2),
             args: row.get(3),
             max_attempts: row.get(5),
+            waited: Duration::from_secs_f64(row.get::<_, f64>(6).clamp(0.0, 1e9)),
         })
         .collect())
 }
@@ -690,7 +720,23 @@ async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePer
         job.name = %job.name,
         job.attempt = job.claim.attempt,
     );
+    if let Some(info) = ctx.info() {
+        telemetry::started(info, job.waited);
+    }
+    let ran = Instant::now();
     let verdict = attempt(&shared, &job, &ctx).instrument(span).await;
+    if let Some(info) = ctx.info() {
+        let how = match &verdict {
+            Verdict::Done => Some(telemetry::Ended::Completed),
+            Verdict::Unsuccessful { status: "failed", .. } => Some(telemetry::Ended::Failed),
+            // A job this binary does not know was not run: nothing to count.
+            Verdict::Unsuccessful { adjust: -1, .. } => None,
+            Verdict::Unsuccessful { .. } => Some(telemetry::Ended::Retried),
+        };
+        if let Some(how) = how {
+            telemetry::ended(info, how, ran.elapsed());
+        }
+    }
     {
         // Only our own entry: the same job may have been claimed again since, under a new id.
         let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
