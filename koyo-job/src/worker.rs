@@ -464,12 +464,14 @@ async fn main_loop(
     let mut tick_log = QuietLog::new("heartbeat");
     let mut retry_at: Option<Instant> = None;
     let mut drain_deadline: Option<Instant> = None;
-    // Claim in batches: while some jobs are still running, wait briefly (up to `LINGER`) for
-    // half the slots to be free, so a stream of short jobs is claimed about pool_size/2 at a
-    // time rather than one by one. An idle worker claims at once.
-    const LINGER: Duration = Duration::from_millis(1);
-    let batch = (shared.settings.pool_size / 2).max(1);
+    // Claim in batches: while draining a backlog (the last claim came back full), wait briefly
+    // (up to `LINGER`) for every slot to be free, so a stream of short jobs is claimed a whole
+    // pool at a time rather than one by one. Otherwise (an idle or partly busy worker woken by a
+    // notification or a tick) claim at once: no latency is added to a lone job.
+    const LINGER: Duration = Duration::from_millis(3);
+    let batch = shared.settings.pool_size;
     let mut lingered = false;
+    let mut backlog = false;
     let mut ticks: u64 = 0;
 
     loop {
@@ -485,7 +487,7 @@ async fn main_loop(
         if !draining
             && may_have_work
             && free > 0
-            && (free >= batch || lingered)
+            && (free >= batch || lingered || !backlog)
             && retry_at.is_none_or(|at| at <= Instant::now())
         {
             lingered = false;
@@ -495,6 +497,7 @@ async fn main_loop(
                     Ok(jobs) => {
                         retry_at = None;
                         may_have_work = jobs.len() == free;
+                        backlog = may_have_work;
                         start_jobs(&shared, jobs, permits);
                     }
                     Err(e) => {
@@ -513,7 +516,8 @@ async fn main_loop(
         tokio::select! {
             _ = stop.changed(), if !draining => {}
             _ = shared.wake.notified() => may_have_work = true,
-            _ = slots_freed(&shared.slots, batch, LINGER), if (may_have_work && saturated) || draining => {
+            _ = slots_freed(&shared.slots, batch, if backlog { LINGER } else { Duration::ZERO }),
+                if (may_have_work && saturated) || draining => {
                 lingered = true;
             }
             _ = tokio::time::sleep_until(wait_retry), if retry_at.is_some() => {}
