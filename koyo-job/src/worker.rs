@@ -1041,7 +1041,8 @@ async fn prune(broker: Broker, retention: Retention, every: Duration) {
     let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
     let (done, failed, cancelled) = (secs(retention.done), secs(retention.failed), secs(retention.cancelled));
     let mut log = QuietLog::new("deleting expired finished jobs");
-    let mut pause = every;
+    // The first look is at start-up; afterwards every `pause`.
+    let mut pause = Duration::ZERO;
     loop {
         tokio::time::sleep(pause).await;
         let mut deleted = 0;
@@ -1060,7 +1061,7 @@ async fn prune(broker: Broker, retention: Retention, every: Duration) {
                 }
             }
         }
-        pause = if deleted > 0 { every } else { (pause * 2).min(every * 32) };
+        pause = if deleted > 0 { every } else { (pause * 2).clamp(every, every * 32) };
     }
 }
 
