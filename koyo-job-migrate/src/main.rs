@@ -4,12 +4,12 @@
 //! Exit status: 0 on success, 1 when the database or the connection fails, 2 on a usage error.
 //! The database URL is never printed, since it usually carries a password.
 
-use std::ffi::OsString;
-use std::fmt;
-use std::io::Write as _;
-use std::process::ExitCode;
-use std::time::Duration;
+mod cli;
 
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use cli::{ConnectError, IoError, UsageError, chain, output, set_once, value};
 use koyo_job_migrate::{MigrateError, Report, Status};
 
 const USAGE: &str = "\
@@ -34,8 +34,6 @@ Options:
 
 /// How long to wait for the server to accept the connection: `connect_timeout` in a URL only
 /// bounds opening the socket, not a server that accepts it and then hangs.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 enum Invocation {
@@ -58,31 +56,17 @@ enum Command {
     Status,
 }
 
-/// A command line that cannot be run; exit status 2.
-#[derive(Debug, PartialEq, Eq)]
-struct UsageError(String);
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// Why a run failed once the command line was accepted.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
     #[error("{0}")]
     Usage(UsageError),
-    #[error("could not connect to the database")]
-    Connect(#[source] tokio_postgres::Error),
-    #[error("timed out after {} s waiting for the database to accept the connection", CONNECT_TIMEOUT.as_secs())]
-    ConnectTimeout,
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error(transparent)]
     Migrate(MigrateError),
-    #[error("could not start the async runtime")]
-    Runtime(#[source] std::io::Error),
-    #[error("could not write to stdout")]
-    Stdout(#[source] std::io::Error),
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 impl From<UsageError> for CliError {
@@ -118,54 +102,19 @@ fn main() -> ExitCode {
 
 fn execute(invocation: Invocation) -> Result<(), CliError> {
     match invocation {
-        Invocation::Help => output(USAGE),
-        Invocation::Version => output(&format!("koyo-job-migrate {}\n", env!("CARGO_PKG_VERSION"))),
-        Invocation::Print { schema } => output(&koyo_job_migrate::script(schema.as_deref())?),
+        Invocation::Help => Ok(output(USAGE)?),
+        Invocation::Version => Ok(output(&format!("koyo-job-migrate {}\n", env!("CARGO_PKG_VERSION")))?),
+        Invocation::Print { schema } => Ok(output(&koyo_job_migrate::script(schema.as_deref())?)?),
         Invocation::Run(run) => {
-            let url = database_url(run.database_url, std::env::var_os("DATABASE_URL"))?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(CliError::Runtime)?;
-            let message = runtime.block_on(run_command(run.command, &url, run.schema.as_deref()))?;
-            output(&message)
+            let url = cli::database_url(run.database_url, std::env::var_os("DATABASE_URL"))?;
+            let message = cli::block_on(run_command(run.command, &url, run.schema.as_deref()))??;
+            Ok(output(&message)?)
         }
     }
 }
 
-/// Writes to stdout without panicking when the reader went away (`koyo-job-migrate --print | head`).
-fn output(text: &str) -> Result<(), CliError> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
-        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Stdout(error)),
-        _ => Ok(()),
-    }
-}
-
-/// Picks the URL from the flag, then from `DATABASE_URL`.
-fn database_url(flag: Option<String>, env: Option<OsString>) -> Result<String, UsageError> {
-    if let Some(url) = flag {
-        return Ok(url);
-    }
-    match env.filter(|value| !value.is_empty()).map(OsString::into_string) {
-        Some(Ok(url)) => Ok(url),
-        Some(Err(_)) => Err(UsageError("DATABASE_URL is not valid UTF-8".into())),
-        None => Err(UsageError(
-            "no database given: pass --database-url URL or set the DATABASE_URL environment variable".into(),
-        )),
-    }
-}
-
 async fn run_command(command: Command, url: &str, schema: Option<&str>) -> Result<String, CliError> {
-    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
-    let (mut client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-        .await
-        .map_err(|_| CliError::ConnectTimeout)?
-        .map_err(CliError::Connect)?;
-    // A broken connection also fails the pending query, which reports it with context.
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let mut client = cli::connect(url).await?;
 
     Ok(match command {
         Command::Up => describe_report(&koyo_job_migrate::migrate(&mut client, schema).await?),
@@ -196,19 +145,6 @@ fn describe_status(status: &Status) -> String {
         versions.join(", ")
     };
     format!("current version: {current}\nlatest version:  {}\npending:         {pending}\n", status.latest)
-}
-
-/// The error and its causes on one line. tokio-postgres's errors print only their kind and keep
-/// the server's message in `source()`, so the whole chain is needed to be useful.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, UsageError> {
@@ -259,33 +195,6 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
         return Ok(Invocation::Print { schema });
     }
     Ok(Invocation::Run(Run { command: command.unwrap_or(Command::Up), database_url, schema }))
-}
-
-/// The value of an option given as `--flag value` or `--flag=value`.
-fn value(
-    inline: Option<String>,
-    rest: &mut impl Iterator<Item = OsString>,
-    flag: &str,
-) -> Result<String, UsageError> {
-    let value = match inline {
-        Some(value) => value,
-        None => rest
-            .next()
-            .ok_or_else(|| UsageError(format!("{flag} needs a value")))?
-            .into_string()
-            .map_err(|_| UsageError(format!("the value of {flag} must be valid UTF-8")))?,
-    };
-    if value.is_empty() {
-        return Err(UsageError(format!("{flag} needs a non-empty value")));
-    }
-    Ok(value)
-}
-
-fn set_once(slot: &mut Option<String>, flag: &str, value: String) -> Result<(), UsageError> {
-    if slot.replace(value).is_some() {
-        return Err(UsageError(format!("{flag} given more than once")));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -364,14 +273,6 @@ mod tests {
         }
         let message = parse(&[&format!("--databaseurl={secret}")]).unwrap_err().0;
         assert_eq!(message, "unknown option `--databaseurl`");
-    }
-
-    #[test]
-    fn the_flag_wins_over_database_url_and_an_empty_variable_counts_as_unset() {
-        assert_eq!(database_url(Some("a".into()), Some("b".into())).unwrap(), "a");
-        assert_eq!(database_url(None, Some("b".into())).unwrap(), "b");
-        let missing = database_url(None, Some("".into())).unwrap_err().0;
-        assert!(missing.contains("DATABASE_URL"), "{missing}");
     }
 
     #[test]

@@ -8,14 +8,15 @@
 //! Exit status: 0 ok, 1 database or runtime error, 2 usage error, 3 refused by a state rule,
 //! 4 no such job. The database URL is never printed, since it usually carries a password.
 
+#[path = "../../cli.rs"]
+mod cli;
 mod out;
 mod sql;
 
 use std::ffi::OsString;
-use std::fmt;
-use std::io::Write as _;
 use std::process::ExitCode;
-use std::time::Duration;
+
+use cli::{ConnectError, IoError, UsageError, chain, output, set_once, usage, value};
 
 use tokio_postgres::{Client, Row};
 
@@ -55,9 +56,6 @@ Exit status: 0 ok, 1 database error, 2 usage error, 3 refused by the job's state
 4 no such job.
 ";
 
-/// How long to wait for the server to accept the connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Every state a job can be in, as stored in `koyo_jobs.status`.
 const STATES: &[&str] = &["scheduled", "ready", "running", "done", "failed", "cancelled"];
 /// The states of finished jobs, which `prune` may delete.
@@ -91,20 +89,6 @@ enum Command {
     Workers,
 }
 
-/// A command line that cannot be run; exit status 2.
-#[derive(Debug, PartialEq, Eq)]
-struct UsageError(String);
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn usage(message: impl Into<String>) -> UsageError {
-    UsageError(message.into())
-}
-
 /// Why a run failed once the command line was accepted.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
@@ -114,16 +98,12 @@ enum CliError {
     Refused(String),
     #[error("no job with id {0}")]
     NotFound(i64),
-    #[error("could not connect to the database")]
-    Connect(#[source] tokio_postgres::Error),
-    #[error("timed out after {} s waiting for the database to accept the connection", CONNECT_TIMEOUT.as_secs())]
-    ConnectTimeout,
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("the query failed")]
     Query(#[source] tokio_postgres::Error),
-    #[error("could not start the async runtime")]
-    Runtime(#[source] std::io::Error),
-    #[error("could not write to stdout")]
-    Stdout(#[source] std::io::Error),
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 impl From<UsageError> for CliError {
@@ -165,53 +145,14 @@ fn main() -> ExitCode {
 
 fn execute(invocation: Invocation) -> Result<(), CliError> {
     match invocation {
-        Invocation::Help => output(USAGE),
-        Invocation::Version => output(&format!("koyo-job-admin {}\n", env!("CARGO_PKG_VERSION"))),
+        Invocation::Help => Ok(output(USAGE)?),
+        Invocation::Version => Ok(output(&format!("koyo-job-admin {}\n", env!("CARGO_PKG_VERSION")))?),
         Invocation::Run { command, database_url, json } => {
-            let url = database_url_or_env(database_url, std::env::var_os("DATABASE_URL"))?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(CliError::Runtime)?;
-            let text = runtime.block_on(run_command(command, &url, json))?;
-            output(&text)
+            let url = cli::database_url(database_url, std::env::var_os("DATABASE_URL"))?;
+            let text = cli::block_on(run_command(command, &url, json))??;
+            Ok(output(&text)?)
         }
     }
-}
-
-/// Writes to stdout without panicking when the reader went away (`koyo-job-admin jobs | head`).
-fn output(text: &str) -> Result<(), CliError> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
-        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Stdout(error)),
-        _ => Ok(()),
-    }
-}
-
-/// Picks the URL from the flag, then from `DATABASE_URL`.
-fn database_url_or_env(flag: Option<String>, env: Option<OsString>) -> Result<String, UsageError> {
-    if let Some(url) = flag {
-        return Ok(url);
-    }
-    match env.filter(|value| !value.is_empty()).map(OsString::into_string) {
-        Some(Ok(url)) => Ok(url),
-        Some(Err(_)) => Err(usage("DATABASE_URL is not valid UTF-8")),
-        None => Err(usage(
-            "no database given: pass --database-url URL or set the DATABASE_URL environment variable",
-        )),
-    }
-}
-
-/// The error and its causes on one line (tokio-postgres keeps the server's message in `source()`).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -319,33 +260,6 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
     Ok(Invocation::Run { command, database_url, json })
 }
 
-/// The value of an option given as `--flag value` or `--flag=value`.
-fn value(
-    inline: Option<String>,
-    rest: &mut impl Iterator<Item = OsString>,
-    flag: &str,
-) -> Result<String, UsageError> {
-    let value = match inline {
-        Some(value) => value,
-        None => rest
-            .next()
-            .ok_or_else(|| usage(format!("{flag} needs a value")))?
-            .into_string()
-            .map_err(|_| usage(format!("the value of {flag} must be valid UTF-8")))?,
-    };
-    if value.is_empty() {
-        return Err(usage(format!("{flag} needs a non-empty value")));
-    }
-    Ok(value)
-}
-
-fn set_once(slot: &mut Option<String>, flag: &str, value: String) -> Result<(), UsageError> {
-    if slot.replace(value).is_some() {
-        return Err(usage(format!("{flag} given more than once")));
-    }
-    Ok(())
-}
-
 /// A job id: a positive 64-bit integer, digits only.
 fn parse_id(raw: &str, what: &str) -> Result<i64, UsageError> {
     let bad = || usage(format!("{what} must be a positive integer below 2^63, not `{}`", out::cell(raw)));
@@ -428,15 +342,7 @@ fn parse_duration(raw: &str) -> Result<u64, UsageError> {
 // Commands
 
 async fn run_command(command: Command, url: &str, json: bool) -> Result<String, CliError> {
-    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
-    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-        .await
-        .map_err(|_| CliError::ConnectTimeout)?
-        .map_err(CliError::Connect)?;
-    // A broken connection also fails the pending query, which reports it with context.
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let client = cli::connect(url).await?;
 
     match command {
         Command::Queues => queues(&client, json).await,
@@ -892,12 +798,5 @@ mod tests {
         for bad in ["", "d", "1.5h", "1h30m", " 1d", "1D", "1 d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn the_flag_wins_over_database_url_and_an_empty_variable_counts_as_unset() {
-        assert_eq!(database_url_or_env(Some("a".into()), Some("b".into())).unwrap(), "a");
-        assert_eq!(database_url_or_env(None, Some("b".into())).unwrap(), "b");
-        assert!(database_url_or_env(None, Some("".into())).unwrap_err().0.contains("DATABASE_URL"));
     }
 }
