@@ -133,6 +133,13 @@ struct Settings {
     listen: bool,
 }
 
+impl Settings {
+    /// `COMPLETE`, or `COMPLETE_DELETE` when done jobs are not kept at all.
+    fn complete_statement(&self) -> &'static sql::Statement {
+        if self.retention.done == Some(Duration::ZERO) { &sql::COMPLETE_DELETE } else { &sql::COMPLETE }
+    }
+}
+
 impl std::fmt::Debug for WorkerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerBuilder").field("settings", &self.settings).finish_non_exhaustive()
@@ -254,18 +261,12 @@ impl WorkerBuilder {
         let worker_id = register(&self.broker, &self.settings.queues, self.settings.pool_size).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let complete_stmt = if self.settings.retention.done == Some(Duration::ZERO) {
-            &sql::COMPLETE_DELETE
-        } else {
-            &sql::COMPLETE
-        };
         let slots = Arc::new(Semaphore::new(self.settings.pool_size));
         let shared = Arc::new(Shared {
             broker: self.broker,
             registry,
             settings: self.settings,
             middleware: self.middleware,
-            complete: complete_stmt,
             worker_id: AtomicI64::new(worker_id),
             slots,
             wake: Notify::new(),
@@ -342,8 +343,6 @@ struct Shared {
     registry: &'static Registry,
     settings: Settings,
     middleware: Vec<Arc<dyn Middleware>>,
-    /// `COMPLETE`, or `COMPLETE_DELETE` when done jobs are not kept.
-    complete: &'static sql::Statement,
     worker_id: AtomicI64,
     /// One permit per job slot; a job holds one until its body ends.
     slots: Arc<Semaphore>,
@@ -925,7 +924,10 @@ async fn write_batch(shared: &Shared, batch: &[Completion]) -> Result<(), Error>
             .map(|c| (c.claim.id.0, c.claim.attempt))
             .unzip();
         if !done_ids.is_empty() {
-            let rows = shared.broker.query(shared.complete, &[&done_ids, &done_attempts, &worker_id]).await?;
+            let rows = shared
+                .broker
+                .query(shared.settings.complete_statement(), &[&done_ids, &done_attempts, &worker_id])
+                .await?;
             written.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
         }
         let mut other = Unsuccessful::default();
