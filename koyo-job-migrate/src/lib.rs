@@ -29,6 +29,8 @@
 //! [`script`] returns all of the SQL as one script (`koyo-job-migrate --print`), including the
 //! rows of `koyo_job_migrations`, so that a later [`migrate`] finds nothing to do.
 
+pub mod admin;
+
 use std::fmt;
 
 use tokio_postgres::{Client, IsolationLevel};
@@ -62,8 +64,10 @@ impl fmt::Display for Migration {
 }
 
 /// Every migration this build knows, in the order they apply.
-pub static MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "jobs", sql: include_str!("../migrations/001_jobs.up.sql") }];
+pub static MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "jobs", sql: include_str!("../migrations/001_jobs.up.sql") },
+    Migration { version: 2, name: "worker_lease", sql: include_str!("../migrations/002_worker_lease.up.sql") },
+];
 
 /// The key of the transaction-level advisory lock that serialises migrations ("koyo_job" in
 /// ASCII): fixed, so that every process and every version of koyo-job takes the same lock.

@@ -481,7 +481,7 @@ async fn retry_makes_failed_cancelled_and_scheduled_jobs_ready_and_notifies() {
     notified.sort();
     assert_eq!(notified, ["later", "mail", "reports"]);
 
-    fails(&f.run(&["retry", &running.to_string()]), 3, "a worker is running it");
+    fails(&f.run(&["retry", &running.to_string()]), 3, "a live worker is running it");
     fails(&f.run(&["retry", &done.to_string()]), 3, "it succeeded");
     fails(&f.run(&["retry", &ready.to_string()]), 3, "already ready");
     fails(&f.run(&["retry", &failed.to_string()]), 3, "already ready");
@@ -521,7 +521,7 @@ async fn cancel_finishes_waiting_and_failed_jobs_and_refuses_the_rest() {
         .get(0);
     assert!(recent, "finished_at is the time of the cancel");
 
-    fails(&f.run(&["cancel", &running.to_string()]), 3, "a worker is running it");
+    fails(&f.run(&["cancel", &running.to_string()]), 3, "a live worker is running it");
     fails(&f.run(&["cancel", &done.to_string()]), 3, "already succeeded");
     fails(&f.run(&["cancel", &ready.to_string()]), 3, "already cancelled");
     fails(&f.run(&["cancel", "424242", "--json"]), 4, "no job with id 424242");
@@ -681,4 +681,45 @@ fn a_url_given_as_a_command_is_not_echoed() {
         assert_eq!(output.status.code(), Some(2));
         assert!(!stderr(&output).contains(PASSWORD), "{}", stderr(&output));
     }
+}
+
+#[tokio::test]
+async fn delete_removes_any_job_but_one_a_live_worker_runs() {
+    let f = Fixture::new().await;
+    let live = f.worker("host-a", 10, &["mail"]).await;
+    let running = f.job("mail", "running", 1, 20, -1.0, None, Some(live), None).await;
+    let done = f.job("mail", "done", 1, 20, -1.0, Some(1.0), None, None).await;
+    let ready = f.job("mail", "ready", 0, 20, -1.0, None, None, None).await;
+
+    assert_eq!(ok(&f.run(&["delete", &done.to_string()])), format!("job {done} on queue mail is deleted\n"));
+    let doc = json(&f.run(&["delete", &ready.to_string(), "--json"]));
+    assert_eq!(doc.get("id").num(), ready as f64);
+    assert_eq!(doc.get("status"), &Json::Null);
+    fails(&f.run(&["delete", &running.to_string()]), 3, "a live worker is running it");
+    fails(&f.run(&["delete", &done.to_string()]), 4, &format!("no job with id {done}"));
+    assert_eq!(f.count().await, 1);
+    assert_eq!(f.state(running).await.0, "running");
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_is_lost_can_be_retried_cancelled_or_deleted() {
+    let f = Fixture::new().await;
+    // One worker past its lease (heartbeat 3 s ago, lease 1 s), and jobs of a worker whose row is gone.
+    let lost = f.worker("host-a", 10, &["mail"]).await;
+    f.client.execute("UPDATE koyo_workers SET lease_secs = 1 WHERE id = $1", &[&lost]).await.unwrap();
+    let of_lost = f.job("mail", "running", 20, 20, -1.0, None, Some(lost), None).await;
+    let of_gone = f.job("mail", "running", 1, 20, -1.0, None, Some(987654), None).await;
+    let third = f.job("mail", "running", 1, 20, -1.0, None, Some(lost), None).await;
+
+    let workers = json(&f.run(&["workers", "--json"]));
+    assert_eq!(workers.get("workers").items()[0].get("live"), &Json::Bool(false));
+    assert!(ok(&f.run(&["workers"])).contains("(lost)"));
+
+    // The lost attempt stays counted, and a job that used all its attempts gets one more.
+    ok(&f.run(&["retry", &of_lost.to_string()]));
+    assert_eq!(f.state(of_lost).await, ("ready".into(), 20, 21, true, true));
+    ok(&f.run(&["cancel", &of_gone.to_string()]));
+    assert_eq!(f.state(of_gone).await.0, "cancelled");
+    ok(&f.run(&["delete", &third.to_string()]));
+    assert_eq!(f.count().await, 2);
 }

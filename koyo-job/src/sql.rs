@@ -77,11 +77,12 @@ SELECT COALESCE(array_agg(id ORDER BY id), '{}'), (SELECT count(*) FROM notified
     ],
 };
 
-/// Registers a worker process. Params: hostname, pid, queues, pool_size.
+/// Registers a worker process. Params: hostname, pid, queues, pool_size, lease in seconds.
 pub const REGISTER_WORKER: Statement = Statement {
     sql: "
-INSERT INTO koyo_workers (hostname, pid, queues, pool_size) VALUES ($1, $2, $3, $4) RETURNING id",
-    types: &[Type::TEXT, Type::INT4, Type::TEXT_ARRAY, Type::INT4],
+INSERT INTO koyo_workers (hostname, pid, queues, pool_size, lease_secs)
+VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    types: &[Type::TEXT, Type::INT4, Type::TEXT_ARRAY, Type::INT4, Type::FLOAT8],
 };
 
 /// Removes a worker's row at clean shutdown. Params: worker id.

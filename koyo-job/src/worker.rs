@@ -258,7 +258,7 @@ impl WorkerBuilder {
             )));
         }
         let registry = Registry::global()?;
-        let worker_id = register(&self.broker, &self.settings.queues, self.settings.pool_size).await?;
+        let worker_id = register(&self.broker, &self.settings).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let slots = Arc::new(Semaphore::new(self.settings.pool_size));
@@ -416,10 +416,11 @@ fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-async fn register(broker: &Broker, queues: &[String], pool_size: usize) -> Result<i64, Error> {
+async fn register(broker: &Broker, settings: &Settings) -> Result<i64, Error> {
     let pid = std::process::id() as i32;
-    let row =
-        broker.query_one(&sql::REGISTER_WORKER, &[&hostname(), &pid, &queues, &(pool_size as i32)]).await?;
+    let (queues, pool_size, lease) =
+        (&settings.queues, settings.pool_size as i32, settings.lease.as_secs_f64());
+    let row = broker.query_one(&sql::REGISTER_WORKER, &[&hostname(), &pid, queues, &pool_size, &lease]).await?;
     Ok(row.get(0))
 }
 
@@ -626,7 +627,7 @@ async fn try_tick(shared: &Shared, rescue: bool, sample: bool) -> Result<TickRep
         // may already run elsewhere, and their results here would be fenced out: stop them,
         // then carry on under a new identity.
         let stopped = stop_jobs_claimed_as(shared, worker_id);
-        let new_id = register(&shared.broker, &shared.settings.queues, shared.settings.pool_size).await?;
+        let new_id = register(&shared.broker, &shared.settings).await?;
         shared.worker_id.store(new_id, Ordering::Relaxed);
         tracing::warn!(
             old = worker_id,

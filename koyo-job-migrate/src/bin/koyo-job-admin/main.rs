@@ -1,5 +1,7 @@
 //! `koyo-job-admin`: lets an operator see and steer koyo-job's queue from the command line —
-//! queue summary, job list and detail, retry, cancel, prune, workers — without writing SQL.
+//! queue summary, job list and detail, retry, cancel, delete, prune, workers — without writing
+//! SQL. Its queries and state rules are `koyo_job_migrate::admin`, which the admin web page
+//! (`koyo-job-web`) shares, so the two never disagree.
 //!
 //! A binary of its own rather than subcommands of `koyo-job-migrate`, whose name says it
 //! changes the schema; this one changes jobs. It lives in the same package because both are
@@ -11,16 +13,14 @@
 #[path = "../../cli.rs"]
 mod cli;
 mod out;
-mod sql;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
 use cli::{ConnectError, IoError, UsageError, chain, output, set_once, usage, value};
 
-use tokio_postgres::{Client, Row};
-
-use sql::Statement;
+use koyo_job_migrate::admin::{self, Action, AdminError, FINISHED, JobFilter, STATES};
+use tokio_postgres::Client;
 
 const USAGE: &str = "\
 Shows and steers koyo-job's queue in a PostgreSQL database.
@@ -37,6 +37,9 @@ Commands:
   retry ID                   make a failed, cancelled or scheduled job ready now (a failed
                              or cancelled job that used all its attempts gets one more)
   cancel ID                  cancel a ready, scheduled or failed job
+  delete ID                  delete a job in any state but running
+                             (retry, cancel and delete also take a running job whose
+                             worker is lost: its heartbeat is older than its lease)
   prune --older-than DURATION [--state S[,S...]]
                              delete done, failed and cancelled jobs (or only the states
                              given) that finished longer ago than DURATION (30s, 15m, 12h,
@@ -56,15 +59,6 @@ Exit status: 0 ok, 1 database error, 2 usage error, 3 refused by the job's state
 4 no such job.
 ";
 
-/// Every state a job can be in, as stored in `koyo_jobs.status`.
-const STATES: &[&str] = &["scheduled", "ready", "running", "done", "failed", "cancelled"];
-/// The states of finished jobs, which `prune` may delete.
-const FINISHED: &[&str] = &["done", "failed", "cancelled"];
-/// The states `retry` accepts.
-const RETRYABLE: &[&str] = &["failed", "cancelled", "scheduled"];
-/// The states `cancel` accepts.
-const CANCELLABLE: &[&str] = &["ready", "scheduled", "failed"];
-
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 1000;
 /// The longest `--older-than` accepted: 100 years.
@@ -81,10 +75,9 @@ enum Invocation {
 #[derive(Debug, PartialEq)]
 enum Command {
     Queues,
-    Jobs { queue: Option<String>, states: Option<Vec<String>>, limit: i64, before: Option<i64> },
+    Jobs(JobFilter),
     Show(i64),
-    Retry(i64),
-    Cancel(i64),
+    Apply(i64, Action),
     Prune { older_than_secs: u64, states: Vec<String> },
     Workers,
 }
@@ -100,8 +93,8 @@ enum CliError {
     NotFound(i64),
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error("the query failed")]
-    Query(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    Query(AdminError),
     #[error(transparent)]
     Io(#[from] IoError),
 }
@@ -112,8 +105,8 @@ impl From<UsageError> for CliError {
     }
 }
 
-impl From<tokio_postgres::Error> for CliError {
-    fn from(error: tokio_postgres::Error) -> Self {
+impl From<AdminError> for CliError {
+    fn from(error: AdminError) -> Self {
         CliError::Query(error)
     }
 }
@@ -197,16 +190,16 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
 
     let mut positional = positional.into_iter();
     let Some(name) = positional.next() else {
-        return Err(usage("no command given: one of queues, jobs, show, retry, cancel, prune, workers"));
+        return Err(usage("no command given: one of queues, jobs, show, retry, cancel, delete, prune, workers"));
     };
     let allowed: &[&str] = match name.as_str() {
         "jobs" => &["--queue", "--state", "--limit", "--before"],
         "prune" => &["--older-than", "--state"],
-        "queues" | "show" | "retry" | "cancel" | "workers" => &[],
+        "queues" | "show" | "retry" | "cancel" | "delete" | "workers" => &[],
         // Not echoed: it may be a URL given without --database-url.
         _ => {
             return Err(usage(
-                "unknown command: the commands are queues, jobs, show, retry, cancel, prune, workers",
+                "unknown command: the commands are queues, jobs, show, retry, cancel, delete, prune, workers",
             ));
         }
     };
@@ -222,7 +215,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
         }
     }
 
-    let takes_id = matches!(name.as_str(), "show" | "retry" | "cancel");
+    let takes_id = matches!(name.as_str(), "show" | "retry" | "cancel" | "delete");
     let id = if takes_id {
         let raw = positional.next().ok_or_else(|| usage(format!("`{name}` needs a job id")))?;
         Some(parse_id(&raw, "job id")?)
@@ -239,20 +232,21 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
         "queues" => Command::Queues,
         "workers" => Command::Workers,
         "show" => Command::Show(id.unwrap_or_default()),
-        "retry" => Command::Retry(id.unwrap_or_default()),
-        "cancel" => Command::Cancel(id.unwrap_or_default()),
-        "jobs" => Command::Jobs {
+        "retry" => Command::Apply(id.unwrap_or_default(), Action::Retry),
+        "cancel" => Command::Apply(id.unwrap_or_default(), Action::Cancel),
+        "delete" => Command::Apply(id.unwrap_or_default(), Action::Delete),
+        "jobs" => Command::Jobs(JobFilter {
             queue: queue.map(|q| parse_queue(&q)).transpose()?,
-            states: state.map(|s| parse_states(&s, STATES)).transpose()?,
+            states: state.map(|s| parse_states(&s, &STATES)).transpose()?,
             limit: limit.map(|l| parse_limit(&l)).transpose()?.unwrap_or(DEFAULT_LIMIT),
             before: before.map(|b| parse_id(&b, "--before")).transpose()?,
-        },
+        }),
         _ => Command::Prune {
             older_than_secs: parse_duration(
                 &older_than.ok_or_else(|| usage("`prune` needs --older-than DURATION (e.g. 7d)"))?,
             )?,
             states: match state {
-                Some(s) => parse_states(&s, FINISHED)?,
+                Some(s) => parse_states(&s, &FINISHED)?,
                 None => FINISHED.iter().map(|s| (*s).to_owned()).collect(),
             },
         },
@@ -262,14 +256,9 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
 
 /// A job id: a positive 64-bit integer, digits only.
 fn parse_id(raw: &str, what: &str) -> Result<i64, UsageError> {
-    let bad = || usage(format!("{what} must be a positive integer below 2^63, not `{}`", out::cell(raw)));
-    if raw.is_empty() || raw.len() > 19 || !raw.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    match raw.parse::<i64>() {
-        Ok(id) if id > 0 => Ok(id),
-        _ => Err(bad()),
-    }
+    admin::parse_id(raw).ok_or_else(|| {
+        usage(format!("{what} must be a positive integer below 2^63, not `{}`", out::cell(raw)))
+    })
 }
 
 fn parse_limit(raw: &str) -> Result<i64, UsageError> {
@@ -284,9 +273,7 @@ fn parse_limit(raw: &str) -> Result<i64, UsageError> {
 
 /// A queue name as the schema admits it: 1–64 of ASCII letters, digits and `_ . : -`.
 fn parse_queue(raw: &str) -> Result<String, UsageError> {
-    let valid = (1..=64).contains(&raw.len())
-        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
-    if valid {
+    if admin::is_queue_name(raw) {
         Ok(raw.to_owned())
     } else {
         Err(usage(format!(
@@ -298,20 +285,7 @@ fn parse_queue(raw: &str) -> Result<String, UsageError> {
 
 /// A comma-separated list of states, each one of `known`.
 fn parse_states(raw: &str, known: &[&str]) -> Result<Vec<String>, UsageError> {
-    let mut states: Vec<String> = Vec::new();
-    for state in raw.split(',') {
-        if !known.contains(&state) {
-            return Err(usage(format!(
-                "unknown state `{}`: expected one or more of {}, separated by commas",
-                out::cell(state),
-                known.join(", ")
-            )));
-        }
-        if !states.iter().any(|s| s == state) {
-            states.push(state.to_owned());
-        }
-    }
-    Ok(states)
+    admin::parse_states(raw, known).map_err(usage)
 }
 
 /// A duration such as `90s`, `15m`, `12h` or `7d`, in whole seconds; at least one second.
@@ -346,54 +320,40 @@ async fn run_command(command: Command, url: &str, json: bool) -> Result<String, 
 
     match command {
         Command::Queues => queues(&client, json).await,
-        Command::Jobs { queue, states, limit, before } => {
-            jobs(&client, json, queue.as_deref(), states.as_deref(), limit, before).await
-        }
+        Command::Jobs(filter) => jobs(&client, json, &filter).await,
         Command::Show(id) => show(&client, json, id).await,
-        Command::Retry(id) => retry(&client, json, id).await,
-        Command::Cancel(id) => cancel(&client, json, id).await,
+        Command::Apply(id, action) => apply(&client, json, id, action).await,
         Command::Prune { older_than_secs, states } => prune(&client, json, older_than_secs, &states).await,
         Command::Workers => workers(&client, json).await,
     }
 }
 
-async fn query(
-    client: &Client,
-    statement: &Statement,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<Vec<Row>, CliError> {
-    let prepared = client.prepare_typed(statement.sql, statement.types).await?;
-    Ok(client.query(&prepared, params).await?)
-}
-
 async fn queues(client: &Client, json: bool) -> Result<String, CliError> {
-    let rows = query(client, &sql::QUEUES, &[]).await?;
+    let queues = admin::queues(client).await?;
     if json {
-        let items: Vec<String> = rows
+        let items: Vec<String> = queues
             .iter()
-            .map(|row| {
-                let mut fields = vec![("queue", out::string(row.get(0)))];
-                let counts: Vec<(&str, String)> = STATES
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| (*s, row.get::<_, i64>(i + 1).to_string()))
-                    .collect();
-                fields.push(("counts", out::object(&counts)));
-                fields.push(("lag_seconds", out::opt_secs(row.get(7))));
-                out::object(&fields)
+            .map(|q| {
+                let counts: Vec<(&str, String)> =
+                    q.by_state().iter().map(|(state, n)| (*state, n.to_string())).collect();
+                out::object(&[
+                    ("queue", out::string(&q.queue)),
+                    ("counts", out::object(&counts)),
+                    ("lag_seconds", out::opt_secs(q.lag_secs)),
+                ])
             })
             .collect();
         return Ok(format!("{}\n", out::object(&[("queues", out::array(&items))])));
     }
-    if rows.is_empty() {
+    if queues.is_empty() {
         return Ok("no jobs\n".to_owned());
     }
-    let table: Vec<Vec<String>> = rows
+    let table: Vec<Vec<String>> = queues
         .iter()
-        .map(|row| {
-            let mut cells = vec![out::cell(row.get(0))];
-            cells.extend((1..=6).map(|i| row.get::<_, i64>(i).to_string()));
-            cells.push(row.get::<_, Option<f64>>(7).map_or_else(|| "-".to_owned(), out::age));
+        .map(|q| {
+            let mut cells = vec![out::cell(&q.queue)];
+            cells.extend(q.by_state().iter().map(|(_, n)| n.to_string()));
+            cells.push(q.lag_secs.map_or_else(|| "-".to_owned(), out::age));
             cells
         })
         .collect();
@@ -404,55 +364,45 @@ async fn queues(client: &Client, json: bool) -> Result<String, CliError> {
     ))
 }
 
-async fn jobs(
-    client: &Client,
-    json: bool,
-    queue: Option<&str>,
-    states: Option<&[String]>,
-    limit: i64,
-    before: Option<i64>,
-) -> Result<String, CliError> {
-    // One row more than asked tells whether there is a next page.
-    let mut rows = query(client, &sql::LIST_JOBS, &[&queue, &states, &before, &(limit + 1)]).await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next: Option<i64> = if more { rows.last().map(|row| row.get(0)) } else { None };
-
+async fn jobs(client: &Client, json: bool, filter: &JobFilter) -> Result<String, CliError> {
+    let page = admin::jobs(client, filter).await?;
     if json {
-        let items: Vec<String> = rows
+        let items: Vec<String> = page
+            .jobs
             .iter()
-            .map(|row| {
+            .map(|j| {
                 out::object(&[
-                    ("id", row.get::<_, i64>(0).to_string()),
-                    ("queue", out::string(row.get(1))),
-                    ("job", out::string(row.get(2))),
-                    ("status", out::string(row.get(3))),
-                    ("priority", row.get::<_, i16>(4).to_string()),
-                    ("attempts", row.get::<_, i32>(5).to_string()),
-                    ("max_attempts", row.get::<_, i32>(6).to_string()),
-                    ("scheduled_at", out::string(row.get(7))),
-                    ("finished_at", out::opt_string(row.get(8))),
-                    ("last_error", out::opt_string(row.get(9))),
+                    ("id", j.id.to_string()),
+                    ("queue", out::string(&j.queue)),
+                    ("job", out::string(&j.job)),
+                    ("status", out::string(&j.status)),
+                    ("priority", j.priority.to_string()),
+                    ("attempts", j.attempts.to_string()),
+                    ("max_attempts", j.max_attempts.to_string()),
+                    ("scheduled_at", out::string(&j.scheduled_at)),
+                    ("finished_at", out::opt_string(j.finished_at.as_deref())),
+                    ("last_error", out::opt_string(j.last_error.as_deref())),
                 ])
             })
             .collect();
-        let next = next.map_or_else(|| "null".to_owned(), |id| id.to_string());
+        let next = page.next_before.map_or_else(|| "null".to_owned(), |id| id.to_string());
         return Ok(format!("{}\n", out::object(&[("jobs", out::array(&items)), ("next_before", next)])));
     }
-    if rows.is_empty() {
+    if page.jobs.is_empty() {
         return Ok("no jobs\n".to_owned());
     }
-    let table: Vec<Vec<String>> = rows
+    let table: Vec<Vec<String>> = page
+        .jobs
         .iter()
-        .map(|row| {
+        .map(|j| {
             vec![
-                row.get::<_, i64>(0).to_string(),
-                out::cell(row.get(1)),
-                out::cell(row.get(3)),
-                format!("{}/{}", row.get::<_, i32>(5), row.get::<_, i32>(6)),
-                row.get::<_, i16>(4).to_string(),
-                out::cell(row.get(7)),
-                out::cell(row.get(2)),
+                j.id.to_string(),
+                out::cell(&j.queue),
+                out::cell(&j.status),
+                format!("{}/{}", j.attempts, j.max_attempts),
+                j.priority.to_string(),
+                out::cell(&j.scheduled_at),
+                out::cell(&j.job),
             ]
         })
         .collect();
@@ -461,75 +411,62 @@ async fn jobs(
         &[true, false, false, true, true, false, false],
         &table,
     );
-    if let Some(next) = next {
+    if let Some(next) = page.next_before {
         text.push_str(&format!("more: add --before {next}\n"));
     }
     Ok(text)
 }
 
 async fn show(client: &Client, json: bool, id: i64) -> Result<String, CliError> {
-    let rows = query(client, &sql::SHOW_JOB, &[&id]).await?;
-    let row = rows.first().ok_or(CliError::NotFound(id))?;
-    let id: i64 = row.get(0);
-    let queue: &str = row.get(1);
-    let job: &str = row.get(2);
-    let status: &str = row.get(3);
-    let priority: i16 = row.get(4);
-    let attempts: i32 = row.get(5);
-    let max_attempts: i32 = row.get(6);
-    let args_bytes: i64 = row.get(7);
-    let created_at: &str = row.get(8);
-    let scheduled_at: &str = row.get(9);
-    let started_at: Option<&str> = row.get(10);
-    let finished_at: Option<&str> = row.get(11);
-    let worker_id: Option<i64> = row.get(12);
-    let last_error: Option<&str> = row.get(13);
-
+    let job = admin::job(client, id).await?.ok_or(CliError::NotFound(id))?;
     if json {
         return Ok(format!(
             "{}\n",
             out::object(&[
-                ("id", id.to_string()),
-                ("queue", out::string(queue)),
-                ("job", out::string(job)),
-                ("status", out::string(status)),
-                ("priority", priority.to_string()),
-                ("attempts", attempts.to_string()),
-                ("max_attempts", max_attempts.to_string()),
-                ("args_bytes", args_bytes.to_string()),
-                ("created_at", out::string(created_at)),
-                ("scheduled_at", out::string(scheduled_at)),
-                ("started_at", out::opt_string(started_at)),
-                ("finished_at", out::opt_string(finished_at)),
-                ("worker_id", worker_id.map_or_else(|| "null".to_owned(), |w| w.to_string())),
-                ("last_error", out::opt_string(last_error)),
+                ("id", job.id.to_string()),
+                ("queue", out::string(&job.queue)),
+                ("job", out::string(&job.job)),
+                ("status", out::string(&job.status)),
+                ("priority", job.priority.to_string()),
+                ("attempts", job.attempts.to_string()),
+                ("max_attempts", job.max_attempts.to_string()),
+                ("args_bytes", job.args.len().to_string()),
+                ("created_at", out::string(&job.created_at)),
+                ("scheduled_at", out::string(&job.scheduled_at)),
+                ("started_at", out::opt_string(job.started_at.as_deref())),
+                ("finished_at", out::opt_string(job.finished_at.as_deref())),
+                ("worker_id", job.worker_id.map_or_else(|| "null".to_owned(), |w| w.to_string())),
+                ("last_error", out::opt_string(job.last_error.as_deref())),
             ])
         ));
     }
     let none = || "-".to_owned();
+    let cell = |s: &String| out::cell(s);
     let mut text = String::new();
     for (key, value) in [
-        ("id", id.to_string()),
-        ("queue", out::cell(queue)),
-        ("job", out::cell(job)),
-        ("status", out::cell(status)),
-        ("priority", priority.to_string()),
-        ("attempts", format!("{attempts} of {max_attempts}")),
+        ("id", job.id.to_string()),
+        ("queue", out::cell(&job.queue)),
+        ("job", out::cell(&job.job)),
+        ("status", out::cell(&job.status)),
+        ("priority", job.priority.to_string()),
+        ("attempts", format!("{} of {}", job.attempts, job.max_attempts)),
         (
             "args",
             format!(
-                "{args_bytes} bytes (bincode; decoding them needs the job's Rust types, which this binary does not have)"
+                "{} bytes (bincode; decoding them needs the job's Rust types, which this binary does not have; \
+                 the admin page of koyo-job-web shows them)",
+                job.args.len()
             ),
         ),
-        ("created_at", out::cell(created_at)),
-        ("scheduled_at", out::cell(scheduled_at)),
-        ("started_at", started_at.map_or_else(none, out::cell)),
-        ("finished_at", finished_at.map_or_else(none, out::cell)),
-        ("worker_id", worker_id.map_or_else(none, |w| w.to_string())),
+        ("created_at", out::cell(&job.created_at)),
+        ("scheduled_at", out::cell(&job.scheduled_at)),
+        ("started_at", job.started_at.as_ref().map_or_else(none, cell)),
+        ("finished_at", job.finished_at.as_ref().map_or_else(none, cell)),
+        ("worker_id", job.worker_id.map_or_else(none, |w| w.to_string())),
     ] {
         text.push_str(&format!("{key:<13}{value}\n"));
     }
-    match last_error {
+    match &job.last_error {
         None => text.push_str("last_error   -\n"),
         Some(error) => {
             text.push_str("last_error\n");
@@ -541,95 +478,37 @@ async fn show(client: &Client, json: bool, id: i64) -> Result<String, CliError> 
     Ok(text)
 }
 
-async fn retry(client: &Client, json: bool, id: i64) -> Result<String, CliError> {
-    let allowed: Vec<String> = RETRYABLE.iter().map(|s| (*s).to_owned()).collect();
-    let rows = query(client, &sql::RETRY, &[&id, &allowed]).await?;
-    let Some(row) = rows.first() else {
-        return Err(why_not(client, id, "retry", RETRYABLE).await);
-    };
-    let queue: &str = row.get(1);
-    let attempts: i32 = row.get(2);
-    let max_attempts: i32 = row.get(3);
+async fn apply(client: &Client, json: bool, id: i64, action: Action) -> Result<String, CliError> {
+    let done = admin::apply(client, id, action).await.map_err(|error| match error {
+        AdminError::NotFound(id) => CliError::NotFound(id),
+        AdminError::Refused(why) => CliError::Refused(why),
+        other => CliError::Query(other),
+    })?;
     if json {
         return Ok(format!(
             "{}\n",
             out::object(&[
-                ("id", id.to_string()),
-                ("queue", out::string(queue)),
-                ("status", out::string("ready")),
-                ("attempts", attempts.to_string()),
-                ("max_attempts", max_attempts.to_string()),
+                ("id", done.id.to_string()),
+                ("queue", out::string(&done.queue)),
+                ("status", out::opt_string(done.status.as_deref())),
+                ("attempts", done.attempts.to_string()),
+                ("max_attempts", done.max_attempts.to_string()),
             ])
         ));
     }
-    Ok(format!(
-        "job {id} is ready on queue {} ({attempts} of {max_attempts} attempts used)\n",
-        out::cell(queue)
-    ))
+    let queue = out::cell(&done.queue);
+    Ok(match action {
+        Action::Retry => format!(
+            "job {id} is ready on queue {queue} ({} of {} attempts used)\n",
+            done.attempts, done.max_attempts
+        ),
+        Action::Cancel => format!("job {id} on queue {queue} is cancelled\n"),
+        Action::Delete => format!("job {id} on queue {queue} is deleted\n"),
+    })
 }
 
-async fn cancel(client: &Client, json: bool, id: i64) -> Result<String, CliError> {
-    let allowed: Vec<String> = CANCELLABLE.iter().map(|s| (*s).to_owned()).collect();
-    let rows = query(client, &sql::CANCEL, &[&id, &allowed]).await?;
-    let Some(row) = rows.first() else {
-        return Err(why_not(client, id, "cancel", CANCELLABLE).await);
-    };
-    let queue: &str = row.get(1);
-    if json {
-        return Ok(format!(
-            "{}\n",
-            out::object(&[
-                ("id", id.to_string()),
-                ("queue", out::string(queue)),
-                ("status", out::string("cancelled")),
-            ])
-        ));
-    }
-    Ok(format!("job {id} on queue {} is cancelled\n", out::cell(queue)))
-}
-
-/// After a conditional update matched nothing: tells "no such job" from "refused".
-async fn why_not(client: &Client, id: i64, verb: &str, allowed: &[&str]) -> CliError {
-    let rows = match query(client, &sql::JOB_STATUS, &[&id]).await {
-        Ok(rows) => rows,
-        Err(error) => return error,
-    };
-    let Some(row) = rows.first() else {
-        return CliError::NotFound(id);
-    };
-    let status: &str = row.get(0);
-    let reason = match (verb, status) {
-        (_, "running") => "a worker is running it; wait until the attempt ends",
-        ("retry", "ready") => "it is already ready and runs as soon as a worker is free",
-        ("retry", "done") => "it succeeded; enqueue a new job to run it again",
-        ("cancel", "done") => "it has already succeeded",
-        ("cancel", "cancelled") => "it is already cancelled",
-        // The job left the state that refused it, or entered an allowed one, meanwhile.
-        _ => "its state changed while this command ran; run it again",
-    };
-    CliError::Refused(format!(
-        "cannot {verb} job {id}: it is {status} ({reason}); {verb} accepts only {}",
-        allowed.join(", ")
-    ))
-}
-
-async fn prune(
-    client: &Client,
-    json: bool,
-    older_than_secs: u64,
-    states: &[String],
-) -> Result<String, CliError> {
-    let prepared = client.prepare_typed(sql::PRUNE_BATCH.sql, sql::PRUNE_BATCH.types).await?;
-    let age = older_than_secs as f64;
-    let mut deleted: u64 = 0;
-    loop {
-        // Each batch is its own short transaction, so pruning never holds locks for long.
-        let batch = client.execute(&prepared, &[&states, &age]).await?;
-        deleted += batch;
-        if batch < sql::PRUNE_BATCH_SIZE {
-            break;
-        }
-    }
+async fn prune(client: &Client, json: bool, older_than_secs: u64, states: &[String]) -> Result<String, CliError> {
+    let deleted = admin::prune(client, states, older_than_secs as f64).await?;
     if json {
         return Ok(format!("{}\n", out::object(&[("deleted", deleted.to_string())])));
     }
@@ -637,41 +516,46 @@ async fn prune(
 }
 
 async fn workers(client: &Client, json: bool) -> Result<String, CliError> {
-    let rows = query(client, &sql::WORKERS, &[]).await?;
+    let workers = admin::workers(client).await?;
     if json {
-        let items: Vec<String> = rows
+        let items: Vec<String> = workers
             .iter()
-            .map(|row| {
-                let queues: Vec<String> =
-                    row.get::<_, Vec<String>>(3).iter().map(|q| out::string(q)).collect();
+            .map(|w| {
+                let queues: Vec<String> = w.queues.iter().map(|q| out::string(q)).collect();
                 out::object(&[
-                    ("id", row.get::<_, i64>(0).to_string()),
-                    ("hostname", out::string(row.get(1))),
-                    ("pid", row.get::<_, i32>(2).to_string()),
+                    ("id", w.id.to_string()),
+                    ("hostname", out::string(&w.hostname)),
+                    ("pid", w.pid.to_string()),
                     ("queues", out::array(&queues)),
-                    ("pool_size", row.get::<_, i32>(4).to_string()),
-                    ("started_at", out::string(row.get(5))),
-                    ("heartbeat_age_seconds", out::opt_secs(row.get(6))),
-                    ("running", row.get::<_, i64>(7).to_string()),
+                    ("pool_size", w.pool_size.to_string()),
+                    ("started_at", out::string(&w.started_at)),
+                    ("heartbeat_age_seconds", out::opt_secs(Some(w.heartbeat_age_secs))),
+                    ("lease_seconds", out::opt_secs(Some(w.lease_secs))),
+                    ("live", w.live.to_string()),
+                    ("running", w.running.to_string()),
                 ])
             })
             .collect();
         return Ok(format!("{}\n", out::object(&[("workers", out::array(&items))])));
     }
-    if rows.is_empty() {
+    if workers.is_empty() {
         return Ok("no live workers\n".to_owned());
     }
-    let table: Vec<Vec<String>> = rows
+    let table: Vec<Vec<String>> = workers
         .iter()
-        .map(|row| {
+        .map(|w| {
+            let mut heartbeat = out::age(w.heartbeat_age_secs);
+            if !w.live {
+                heartbeat.push_str(" (lost)");
+            }
             vec![
-                row.get::<_, i64>(0).to_string(),
-                out::cell(row.get(1)),
-                row.get::<_, i32>(2).to_string(),
-                out::cell(&row.get::<_, Vec<String>>(3).join(",")),
-                row.get::<_, i32>(4).to_string(),
-                row.get::<_, Option<f64>>(6).map_or_else(|| "-".to_owned(), out::age),
-                row.get::<_, i64>(7).to_string(),
+                w.id.to_string(),
+                out::cell(&w.hostname),
+                w.pid.to_string(),
+                out::cell(&w.queues.join(",")),
+                w.pool_size.to_string(),
+                heartbeat,
+                w.running.to_string(),
             ]
         })
         .collect();
@@ -711,17 +595,18 @@ mod tests {
                 "10",
                 "--before=99"
             ]),
-            Command::Jobs {
+            Command::Jobs(JobFilter {
                 queue: Some("mail".into()),
                 states: Some(vec!["failed".into(), "ready".into()]),
                 limit: 10,
                 before: Some(99)
-            }
+            })
         );
-        assert_eq!(command(&["jobs"]), Command::Jobs { queue: None, states: None, limit: 50, before: None });
+        assert_eq!(command(&["jobs"]), Command::Jobs(JobFilter::default()));
         assert_eq!(command(&["show", "7"]), Command::Show(7));
-        assert_eq!(command(&["retry", "9223372036854775807"]), Command::Retry(i64::MAX));
-        assert_eq!(command(&["cancel", "1"]), Command::Cancel(1));
+        assert_eq!(command(&["retry", "9223372036854775807"]), Command::Apply(i64::MAX, Action::Retry));
+        assert_eq!(command(&["cancel", "1"]), Command::Apply(1, Action::Cancel));
+        assert_eq!(command(&["delete", "2"]), Command::Apply(2, Action::Delete));
         assert_eq!(
             command(&["prune", "--older-than", "7d"]),
             Command::Prune {

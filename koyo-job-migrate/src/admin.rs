@@ -1,0 +1,681 @@
+//! The operator's queries: what `koyo-job-admin` and the admin web page (`koyo-job-web`) show
+//! and change, in one place, so that the command line and the page obey the same state rules.
+//!
+//! Every function takes a plain [`tokio_postgres::Client`] (a pooled connection derefs to one)
+//! and sends each statement unnamed (`query_typed`): one round trip, and no prepared statement
+//! left behind, so it works through poolers that cannot keep them. All SQL is static text with
+//! `$n` parameters; timestamps come back as RFC 3339 text in UTC (`2026-11-29T03:40:56.123Z`)
+//! and ages are measured by the database's clock.
+//!
+//! The state rules ([`Action::allows`]): a job can be retried when it is failed, cancelled or
+//! scheduled; cancelled when ready, scheduled or failed; deleted when it is in any state but
+//! running. A running job is touched only when its worker is no longer live — its row is gone or
+//! its heartbeat is older than its lease — never while a live worker runs it: the worker's own
+//! result would be fenced out anyway, but the operator would have raced a running attempt.
+
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row};
+
+/// Every state a job can be in, as stored in `koyo_jobs.status`, in the order of its life.
+pub const STATES: [&str; 6] = ["scheduled", "ready", "running", "done", "failed", "cancelled"];
+/// The states of finished jobs: what retention and `prune` delete.
+pub const FINISHED: [&str; 3] = ["done", "failed", "cancelled"];
+
+/// The most jobs one page lists.
+pub const MAX_PAGE: i64 = 1000;
+
+/// What went wrong with an operator's request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// No job has this id (it may have been pruned).
+    #[error("no job with id {0}")]
+    NotFound(i64),
+    /// The job's state does not allow the action; the message says why and what would.
+    #[error("{0}")]
+    Refused(String),
+    /// The database refused or failed the query.
+    #[error("the query failed")]
+    Database(#[source] tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for AdminError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        AdminError::Database(error)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input checks shared by the command line and the web API
+
+/// Whether `name` is a queue name the schema admits: 1–64 of ASCII letters, digits and `_ . : -`.
+pub fn is_queue_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// Parses a comma-separated list of states, each one of `known`, dropping repeats. The error
+/// names the offending part (with control characters escaped) and what is expected.
+pub fn parse_states(raw: &str, known: &[&str]) -> Result<Vec<String>, String> {
+    let mut states: Vec<String> = Vec::new();
+    for state in raw.split(',') {
+        if !known.contains(&state) {
+            return Err(format!(
+                "unknown state `{}`: expected one or more of {}, separated by commas",
+                state.escape_debug(),
+                known.join(", ")
+            ));
+        }
+        if !states.iter().any(|s| s == state) {
+            states.push(state.to_owned());
+        }
+    }
+    Ok(states)
+}
+
+/// Parses a job id: a positive 64-bit integer, digits only.
+pub fn parse_id(raw: &str) -> Option<i64> {
+    if raw.is_empty() || raw.len() > 19 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse::<i64>().ok().filter(|id| *id > 0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queues
+
+/// One queue: its jobs in each state, and its lag.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueCounts {
+    pub queue: String,
+    pub scheduled: i64,
+    pub ready: i64,
+    pub running: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    /// Seconds since the oldest ready job fell due; `None` when no job is ready.
+    pub lag_secs: Option<f64>,
+}
+
+impl QueueCounts {
+    /// The counts in the order of [`STATES`].
+    pub fn by_state(&self) -> [(&'static str, i64); 6] {
+        let counts = [self.scheduled, self.ready, self.running, self.done, self.failed, self.cancelled];
+        std::array::from_fn(|i| (STATES[i], counts[i]))
+    }
+}
+
+/// Per queue: jobs in each state and the lag. Reads the whole table once: an operator's query,
+/// not a hot path.
+const QUEUES: &str = "
+SELECT queue,
+       count(*) FILTER (WHERE status = 'scheduled'),
+       count(*) FILTER (WHERE status = 'ready'),
+       count(*) FILTER (WHERE status = 'running'),
+       count(*) FILTER (WHERE status = 'done'),
+       count(*) FILTER (WHERE status = 'failed'),
+       count(*) FILTER (WHERE status = 'cancelled'),
+       -- GREATEST ignores NULLs, so the CASE keeps the lag of a queue with no ready job NULL rather than 0.
+       CASE WHEN count(*) FILTER (WHERE status = 'ready') > 0
+            THEN GREATEST(0, EXTRACT(EPOCH FROM now() - min(scheduled_at) FILTER (WHERE status = 'ready')))
+       END::float8
+FROM koyo_jobs
+GROUP BY queue
+ORDER BY queue";
+
+/// Every queue that has jobs, by name.
+pub async fn queues(client: &Client) -> Result<Vec<QueueCounts>, AdminError> {
+    let rows = client.query_typed(QUEUES, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| QueueCounts {
+            queue: row.get(0),
+            scheduled: row.get(1),
+            ready: row.get(2),
+            running: row.get(3),
+            done: row.get(4),
+            failed: row.get(5),
+            cancelled: row.get(6),
+            lag_secs: row.get(7),
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs
+
+/// Which jobs to list: newest first, `limit` of them with ids below `before`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobFilter {
+    pub queue: Option<String>,
+    /// `None` (or empty) lists every state.
+    pub states: Option<Vec<String>>,
+    pub before: Option<i64>,
+    /// 1 to [`MAX_PAGE`]; clamped.
+    pub limit: i64,
+}
+
+impl Default for JobFilter {
+    fn default() -> Self {
+        JobFilter { queue: None, states: None, before: None, limit: 50 }
+    }
+}
+
+/// A job as listed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSummary {
+    pub id: i64,
+    pub queue: String,
+    pub job: String,
+    pub status: String,
+    pub priority: i16,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub scheduled_at: String,
+    pub finished_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// One page of jobs, and the `before` of the next (older) page if there is one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobPage {
+    pub jobs: Vec<JobSummary>,
+    pub next_before: Option<i64>,
+}
+
+/// Renders a timestamp column as RFC 3339 in UTC with milliseconds.
+macro_rules! utc {
+    ($column:literal) => {
+        concat!("to_char(", $column, " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+    };
+}
+
+/// Whether the job `j` runs on a live worker: its row exists and its heartbeat is within its lease.
+macro_rules! on_live_worker {
+    () => {
+        "EXISTS (SELECT 1 FROM koyo_workers AS w WHERE w.id = j.worker_id
+                AND w.heartbeat_at >= now() - make_interval(secs => w.lease_secs))"
+    };
+}
+
+const LIST_JOBS: &str = concat!(
+    "
+SELECT id, queue, job, status, priority, attempts, max_attempts, ",
+    utc!("scheduled_at"),
+    ", ",
+    utc!("finished_at"),
+    ", last_error
+FROM koyo_jobs
+WHERE ($1::text IS NULL OR queue = $1::text)
+  AND ($2::text[] IS NULL OR status = ANY($2::text[]))
+  AND ($3::int8 IS NULL OR id < $3::int8)
+ORDER BY id DESC
+LIMIT $4::int8"
+);
+
+/// Lists jobs newest first (by id, which follows enqueue order).
+pub async fn jobs(client: &Client, filter: &JobFilter) -> Result<JobPage, AdminError> {
+    let limit = filter.limit.clamp(1, MAX_PAGE);
+    let states = filter.states.as_ref().filter(|s| !s.is_empty());
+    // One row more than asked tells whether there is a next page.
+    let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        (&filter.queue, Type::TEXT),
+        (&states, Type::TEXT_ARRAY),
+        (&filter.before, Type::INT8),
+        (&(limit + 1), Type::INT8),
+    ];
+    let rows = client.query_typed(LIST_JOBS, &params).await?;
+    let more = rows.len() as i64 > limit;
+    let jobs: Vec<JobSummary> = rows
+        .iter()
+        .take(limit as usize)
+        .map(|row| JobSummary {
+            id: row.get(0),
+            queue: row.get(1),
+            job: row.get(2),
+            status: row.get(3),
+            priority: row.get(4),
+            attempts: row.get(5),
+            max_attempts: row.get(6),
+            scheduled_at: row.get(7),
+            finished_at: row.get(8),
+            last_error: row.get(9),
+        })
+        .collect();
+    let next_before = if more { jobs.last().map(|j| j.id) } else { None };
+    Ok(JobPage { jobs, next_before })
+}
+
+/// One job, whole.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobDetail {
+    pub id: i64,
+    pub queue: String,
+    pub job: String,
+    pub status: String,
+    pub priority: i16,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub created_at: String,
+    pub scheduled_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub worker_id: Option<i64>,
+    /// Whether the job is running on a live worker (which no action may disturb).
+    pub on_live_worker: bool,
+    pub last_error: Option<String>,
+    /// The stored arguments (bincode; decoding them needs the job's Rust types).
+    pub args: Vec<u8>,
+}
+
+impl JobDetail {
+    /// Whether the state rules allow `action` on this job as it was read.
+    pub fn allows(&self, action: Action) -> bool {
+        action.allows(&self.status, self.on_live_worker)
+    }
+}
+
+const SHOW_JOB: &str = concat!(
+    "
+SELECT id, queue, job, status, priority, attempts, max_attempts, ",
+    utc!("created_at"),
+    ", ",
+    utc!("scheduled_at"),
+    ", ",
+    utc!("started_at"),
+    ", ",
+    utc!("finished_at"),
+    ", worker_id, status = 'running' AND ",
+    on_live_worker!(),
+    ", last_error, args
+FROM koyo_jobs AS j
+WHERE id = $1::int8"
+);
+
+/// The job with this id, if there is one.
+pub async fn job(client: &Client, id: i64) -> Result<Option<JobDetail>, AdminError> {
+    let rows = client.query_typed(SHOW_JOB, &[(&id, Type::INT8)]).await?;
+    Ok(rows.first().map(|row| JobDetail {
+        id: row.get(0),
+        queue: row.get(1),
+        job: row.get(2),
+        status: row.get(3),
+        priority: row.get(4),
+        attempts: row.get(5),
+        max_attempts: row.get(6),
+        created_at: row.get(7),
+        scheduled_at: row.get(8),
+        started_at: row.get(9),
+        finished_at: row.get(10),
+        worker_id: row.get(11),
+        on_live_worker: row.get(12),
+        last_error: row.get(13),
+        args: row.get(14),
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Actions
+
+/// What an operator can do to one job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Make it ready now. A failed or cancelled job that used all its attempts gets one more.
+    Retry,
+    /// Mark it cancelled: it will not run (again).
+    Cancel,
+    /// Remove its row.
+    Delete,
+}
+
+impl Action {
+    /// The verb, as in messages and on the command line.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Retry => "retry",
+            Action::Cancel => "cancel",
+            Action::Delete => "delete",
+        }
+    }
+
+    /// The states this action accepts (and `running`, when the job's worker is no longer live).
+    pub fn states(self) -> &'static [&'static str] {
+        match self {
+            Action::Retry => &["failed", "cancelled", "scheduled"],
+            Action::Cancel => &["ready", "scheduled", "failed"],
+            Action::Delete => &["scheduled", "ready", "done", "failed", "cancelled"],
+        }
+    }
+
+    /// Whether the state rules allow this action on a job in `status`.
+    pub fn allows(self, status: &str, on_live_worker: bool) -> bool {
+        self.states().contains(&status) || (status == "running" && !on_live_worker)
+    }
+
+    fn statement(self) -> &'static str {
+        match self {
+            Action::Retry => RETRY,
+            Action::Cancel => CANCEL,
+            Action::Delete => DELETE,
+        }
+    }
+}
+
+/// The `WHERE` of every action: the job, in one of the states `$2`, or running on a worker that
+/// is no longer live. An `UPDATE`/`DELETE` re-checks it on the newest row version if a worker
+/// changed the row meanwhile, so the rule holds however the two race.
+macro_rules! actionable {
+    () => {
+        concat!(
+            "j.id = $1::int8 AND (j.status = ANY($2::text[]) OR (j.status = 'running' AND NOT ",
+            on_live_worker!(),
+            "))"
+        )
+    };
+}
+
+/// Makes a job ready now and notifies its queue in the same statement. A failed or cancelled
+/// job is no longer finished, and gets one more attempt if it had used all of them (`SET`
+/// expressions read the row as it was before the update). A running job whose worker was lost
+/// keeps that attempt counted, as a rescue would.
+const RETRY: &str = concat!(
+    "
+WITH upd AS (
+    UPDATE koyo_jobs AS j
+    SET status = 'ready',
+        scheduled_at = now(),
+        finished_at = NULL,
+        max_attempts = CASE WHEN j.status <> 'scheduled' AND j.attempts >= j.max_attempts
+                            THEN j.attempts + 1 ELSE j.max_attempts END
+    WHERE ",
+    actionable!(),
+    "
+    RETURNING j.id, j.queue, j.status, j.attempts, j.max_attempts
+)
+SELECT id, queue, status, attempts, max_attempts, pg_notify('koyo_jobs', queue)::text FROM upd"
+);
+
+const CANCEL: &str = concat!(
+    "
+UPDATE koyo_jobs AS j
+SET status = 'cancelled', finished_at = now()
+WHERE ",
+    actionable!(),
+    "
+RETURNING j.id, j.queue, j.status, j.attempts, j.max_attempts"
+);
+
+const DELETE: &str = concat!(
+    "
+DELETE FROM koyo_jobs AS j
+WHERE ",
+    actionable!(),
+    "
+RETURNING j.id, j.queue, NULL::text, j.attempts, j.max_attempts"
+);
+
+/// A job's state, for telling "no such job" from "refused" after an action matched nothing.
+const JOB_STATE: &str =
+    concat!("SELECT status, ", on_live_worker!(), " FROM koyo_jobs AS j WHERE id = $1::int8");
+
+/// What an action did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    pub id: i64,
+    pub queue: String,
+    /// The job's state now; `None` once deleted.
+    pub status: Option<String>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+}
+
+/// Applies `action` to job `id` in one statement, if the state rules allow it.
+pub async fn apply(client: &Client, id: i64, action: Action) -> Result<Applied, AdminError> {
+    let states: Vec<&str> = action.states().to_vec();
+    let params: [(&(dyn ToSql + Sync), Type); 2] = [(&id, Type::INT8), (&states, Type::TEXT_ARRAY)];
+    let rows = client.query_typed(action.statement(), &params).await?;
+    match rows.first() {
+        Some(row) => Ok(Applied {
+            id: row.get(0),
+            queue: row.get(1),
+            status: row.get(2),
+            attempts: row.get(3),
+            max_attempts: row.get(4),
+        }),
+        None => Err(why_not(client, id, action).await),
+    }
+}
+
+/// After an action matched nothing: tells "no such job" from "refused", and says why.
+async fn why_not(client: &Client, id: i64, action: Action) -> AdminError {
+    let rows: Vec<Row> = match client.query_typed(JOB_STATE, &[(&id, Type::INT8)]).await {
+        Ok(rows) => rows,
+        Err(error) => return AdminError::Database(error),
+    };
+    let Some(row) = rows.first() else {
+        return AdminError::NotFound(id);
+    };
+    let status: String = row.get(0);
+    let on_live_worker: bool = row.get(1);
+    let verb = action.verb();
+    let reason = match (action, status.as_str()) {
+        (_, "running") if on_live_worker => "a live worker is running it; wait until the attempt ends",
+        (Action::Retry, "ready") => "it is already ready and runs as soon as a worker is free",
+        (Action::Retry, "done") => "it succeeded; enqueue a new job to run it again",
+        (Action::Cancel, "done") => "it has already succeeded",
+        (Action::Cancel, "cancelled") => "it is already cancelled",
+        // The job left the state that refused it, or entered an allowed one, meanwhile.
+        _ => "its state changed meanwhile; try again",
+    };
+    AdminError::Refused(format!(
+        "cannot {verb} job {id}: it is {status} ({reason}); {verb} accepts only {}, \
+         or a running job whose worker is no longer live",
+        action.states().join(", ")
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pruning
+
+/// Deletes at most 1,000 finished jobs in the states `$1` that finished more than `$2` seconds
+/// ago (database clock), skipping rows another transaction holds. The repeated
+/// `status IN (…)` lets the planner use the partial index `koyo_jobs_finished`.
+const PRUNE_BATCH: &str = "
+WITH doomed AS (
+    SELECT id FROM koyo_jobs
+    WHERE status IN ('done', 'failed', 'cancelled')
+      AND status = ANY($1::text[])
+      AND finished_at < now() - make_interval(secs => $2::float8)
+    ORDER BY finished_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM koyo_jobs j USING doomed d WHERE j.id = d.id";
+
+/// The size of one prune batch.
+const PRUNE_BATCH_SIZE: u64 = 1000;
+
+/// Deletes the finished jobs in `states` (a subset of [`FINISHED`]) that finished more than
+/// `older_than_secs` ago, in batches of 1,000, each its own short transaction so pruning never
+/// holds locks for long. Returns how many it deleted.
+pub async fn prune(client: &Client, states: &[String], older_than_secs: f64) -> Result<u64, AdminError> {
+    let params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&states, Type::TEXT_ARRAY), (&older_than_secs, Type::FLOAT8)];
+    let mut deleted = 0;
+    loop {
+        let batch = client.execute_typed(PRUNE_BATCH, &params).await?;
+        deleted += batch;
+        if batch < PRUNE_BATCH_SIZE {
+            return Ok(deleted);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workers
+
+/// One registered worker process.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerInfo {
+    pub id: i64,
+    pub hostname: String,
+    pub pid: i32,
+    pub queues: Vec<String>,
+    pub pool_size: i32,
+    pub started_at: String,
+    /// Seconds since its last heartbeat (database clock).
+    pub heartbeat_age_secs: f64,
+    /// How long it may go without a heartbeat before others rescue its jobs.
+    pub lease_secs: f64,
+    /// Its heartbeat is within its lease. A worker that is not live has stopped or hangs; the
+    /// next live worker's tick removes it and gives its jobs back.
+    pub live: bool,
+    /// Jobs it is running now.
+    pub running: i64,
+}
+
+const WORKERS: &str = concat!(
+    "
+SELECT w.id, w.hostname, w.pid, w.queues, w.pool_size, ",
+    utc!("w.started_at"),
+    ",
+       GREATEST(0, EXTRACT(EPOCH FROM now() - w.heartbeat_at))::float8,
+       w.lease_secs,
+       w.heartbeat_at >= now() - make_interval(secs => w.lease_secs),
+       (SELECT count(*) FROM koyo_jobs j WHERE j.worker_id = w.id AND j.status = 'running')
+FROM koyo_workers w
+ORDER BY w.id"
+);
+
+/// Every registered worker, oldest first.
+pub async fn workers(client: &Client) -> Result<Vec<WorkerInfo>, AdminError> {
+    let rows = client.query_typed(WORKERS, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| WorkerInfo {
+            id: row.get(0),
+            hostname: row.get(1),
+            pid: row.get(2),
+            queues: row.get(3),
+            pool_size: row.get(4),
+            started_at: row.get(5),
+            heartbeat_age_secs: row.get(6),
+            lease_secs: row.get(7),
+            live: row.get(8),
+            running: row.get(9),
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activity (the charts)
+
+/// Per queue and minute: jobs finished done and failed, and the ready backlog, over the last
+/// `minutes` minutes, reconstructed from the rows retention keeps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Activity {
+    /// The start of the first minute (RFC 3339, UTC).
+    pub start: String,
+    /// Buckets per series (one per minute).
+    pub buckets: usize,
+    pub queues: Vec<QueueActivity>,
+}
+
+/// One queue's series, oldest minute first, each [`Activity::buckets`] long.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueActivity {
+    pub queue: String,
+    /// Jobs that finished `done` in each minute.
+    pub completed: Vec<i64>,
+    /// Jobs that finished `failed` in each minute.
+    pub failed: Vec<i64>,
+    /// Jobs that were due but not started at the end of each minute.
+    pub backlog: Vec<i64>,
+}
+
+/// One statement: the rows that can have been waiting or finished within the window — every
+/// ready or running job, due scheduled jobs, and jobs finished since the window began (an
+/// index range of `koyo_jobs_finished`) — each turned into its minute buckets: the minute it
+/// finished, and +1 to the backlog from the minute it fell due, −1 from the minute it started
+/// (or finished unstarted). Rust adds the deltas up. Each job is read once, so the cost grows
+/// with the backlog and the hour's throughput, not with the table.
+///
+/// A job retried within the window counts once, from its latest due time; rows deleted by
+/// retention (or completed with zero retention) are not counted.
+///
+/// Params: minutes. Columns: start (text), queue, bucket, completed, failed, backlog delta.
+const ACTIVITY: &str = concat!(
+    "
+WITH win AS (
+    SELECT date_trunc('minute', now()) - make_interval(mins => $1::int - 1) AS start
+), spans AS (
+    SELECT j.queue, j.status,
+           floor(EXTRACT(EPOCH FROM j.scheduled_at - win.start) / 60)::int AS due,
+           CASE WHEN j.status IN ('ready', 'scheduled') THEN NULL
+                ELSE floor(EXTRACT(EPOCH FROM coalesce(j.started_at, j.finished_at) - win.start) / 60)::int
+           END AS gone,
+           floor(EXTRACT(EPOCH FROM j.finished_at - win.start) / 60)::int AS finished
+    FROM koyo_jobs AS j, win
+    WHERE (j.status IN ('done', 'failed', 'cancelled') AND j.finished_at >= win.start)
+       OR j.status IN ('ready', 'running')
+       OR (j.status = 'scheduled' AND j.scheduled_at <= now())
+), events AS (
+    SELECT queue, finished AS bucket, (status = 'done')::int AS completed, (status = 'failed')::int AS failed,
+           0 AS delta
+    FROM spans WHERE status IN ('done', 'failed') AND finished >= 0
+    UNION ALL
+    SELECT queue, GREATEST(due, 0), 0, 0, 1 FROM spans WHERE gone IS NULL OR gone > GREATEST(due, 0)
+    UNION ALL
+    SELECT queue, gone, 0, 0, -1 FROM spans WHERE gone IS NOT NULL AND gone > GREATEST(due, 0)
+)
+SELECT ",
+    utc!("(SELECT start FROM win)"),
+    ", e.queue, e.bucket, sum(e.completed)::int8, sum(e.failed)::int8, sum(e.delta)::int8
+FROM events AS e
+GROUP BY e.queue, e.bucket
+UNION ALL
+-- One row even when nothing happened, so the window's start is always returned.
+SELECT ",
+    utc!("(SELECT start FROM win)"),
+    ", NULL, NULL, 0, 0, 0
+ORDER BY 2, 3"
+);
+
+/// Jobs completed and failed per minute and the ready backlog at the end of each minute, per
+/// queue, over the last `minutes` minutes (1 to 1440), oldest first.
+pub async fn activity(client: &Client, minutes: u32) -> Result<Activity, AdminError> {
+    let minutes = minutes.clamp(1, 1440);
+    let rows = client.query_typed(ACTIVITY, &[(&(minutes as i32), Type::INT4)]).await?;
+    let buckets = minutes as usize;
+    let mut start = String::new();
+    let mut queues: Vec<QueueActivity> = Vec::new();
+    for row in &rows {
+        start = row.get(0);
+        let (Some(queue), Some(bucket)) = (row.get::<_, Option<String>>(1), row.get::<_, Option<i32>>(2)) else {
+            continue;
+        };
+        if queues.last().is_none_or(|q| q.queue != queue) {
+            queues.push(QueueActivity {
+                queue,
+                completed: vec![0; buckets],
+                failed: vec![0; buckets],
+                backlog: vec![0; buckets],
+            });
+        }
+        let series = queues.last_mut().expect("pushed above");
+        let Some(i) = usize::try_from(bucket).ok().filter(|i| *i < buckets) else { continue };
+        series.completed[i] += row.get::<_, i64>(3);
+        series.failed[i] += row.get::<_, i64>(4);
+        // Deltas now, running sums below.
+        series.backlog[i] += row.get::<_, i64>(5);
+    }
+    for series in &mut queues {
+        let mut level = 0;
+        for value in &mut series.backlog {
+            level += *value;
+            *value = level.max(0);
+        }
+    }
+    Ok(Activity { start, buckets, queues })
+}

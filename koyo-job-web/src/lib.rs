@@ -1,0 +1,1 @@
+//! koyo-job's admin page and JSON API (work in progress).
