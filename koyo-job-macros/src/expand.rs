@@ -21,7 +21,11 @@
 //!             let args = (&__KoyoJobProbe::<(i64, String,)>(PhantomData)).decode(bytes)?;   // decode_args
 //!             Ok(run(args, ctx))
 //!         }
-//!         static DESCRIPTOR: JobDescriptor = JobDescriptor { name, queue, …, run: run_encoded };
+//!         fn render(bytes: &[u8]) -> Result<String, DecodeError> {                         // for the admin page
+//!             let (arg0, arg1,) = (&__KoyoJobProbe::<(i64, String,)>(PhantomData)).decode(bytes)?;
+//!             // "user_id: 42, email: \"…\"", each value by `ShowArg`: Debug, or a placeholder
+//!         }
+//!         static DESCRIPTOR: JobDescriptor = JobDescriptor { name, queue, …, run: run_encoded, render };
 //!         inventory::submit! { Registration(&DESCRIPTOR) }
 //!         (&__KoyoJobProbe::<(i64, String,)>(PhantomData)).job(&DESCRIPTOR, run, args)    // job(…)
 //!     }
@@ -128,11 +132,21 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
     let descriptor = hidden("DESCRIPTOR");
     let args_var = hidden("args");
     let bytes = hidden("bytes");
+    let render = hidden("render");
+    let out = hidden("out");
 
     let names: Vec<_> = job.args.iter().map(|arg| &arg.ident).collect();
     let types: Vec<_> = job.args.iter().map(|arg| &*arg.ty).collect();
     let values: Vec<_> = (0..job.args.len()).map(|i| hidden(&format!("arg{i}"))).collect();
     let tuple = quote!((#(#types,)*));
+    // `name: value, …` for the admin page, each value by `ShowArg`'s autoref specialisation.
+    let show_args = job.args.iter().zip(&values).enumerate().map(|(i, (arg, value))| {
+        let label = format!("{}{}: ", if i == 0 { "" } else { ", " }, syn::ext::IdentExt::unraw(&arg.ident));
+        quote! {
+            #out.push_str(#label);
+            (&#rt::ShowArg(&#value)).show_arg(&mut #out);
+        }
+    });
     let body_params = job
         .args
         .iter()
@@ -258,6 +272,17 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
                     ::core::result::Result::Ok(#run(#args_var, #ctx))
                 }
 
+                fn #render(#bytes: &[u8]) -> ::core::result::Result<::std::string::String, #rt::DecodeError> {
+                    #[allow(unused_imports)]
+                    use #rt::{ShowDebug as _, ShowOpaque as _};
+                    #[allow(unused_variables)]
+                    let (#(#values,)*): #tuple = (&#probe::<#tuple>(::core::marker::PhantomData)).decode(#bytes)?;
+                    #[allow(unused_mut)]
+                    let mut #out = ::std::string::String::new();
+                    #(#show_args)*
+                    ::core::result::Result::Ok(#out)
+                }
+
                 static #descriptor: #rt::JobDescriptor = #rt::JobDescriptor {
                     name: #name,
                     queue: #queue,
@@ -267,6 +292,7 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
                     file: ::core::file!(),
                     line: ::core::line!(),
                     run: #run_encoded,
+                    render: #render,
                 };
 
                 #rt::inventory::submit! { #rt::Registration(&#descriptor) }

@@ -46,6 +46,9 @@ pub struct JobDescriptor {
     pub line: u32,
     /// Decodes stored argument bytes and returns the body's future.
     pub run: fn(&[u8], JobContext) -> Result<JobFuture, codec::DecodeError>,
+    /// Decodes stored argument bytes for display: `name: value` pairs, each value in its
+    /// `Debug` form (or a placeholder for a type without `Debug`).
+    pub render: fn(&[u8]) -> Result<String, codec::DecodeError>,
 }
 
 impl fmt::Debug for JobDescriptor {

@@ -68,7 +68,7 @@ pub use job::{
 pub use koyo_job_macros::define_job;
 pub use middleware::{JobInfo, Middleware, Next, Outcome};
 pub use name::{MAX_JOB_NAME_LEN, MAX_QUEUE_LEN};
-pub use registry::{Registry, RegistryError};
+pub use registry::{Registry, RegistryError, RenderError};
 pub use worker::{Backoff, Retention, Worker, WorkerBuilder, WorkerHandle};
 
 /// Creates or upgrades koyo-job's tables (the same as running `koyo-job-migrate`), through a
@@ -154,6 +154,34 @@ pub mod __private {
         F::Output: JobOutput,
     {
         Box::pin(async move { body.await.into_result() })
+    }
+
+    /// Shows one decoded argument in a job's [`JobDescriptor::render`]: by autoref
+    /// specialisation, `(&ShowArg(&value)).show_arg(&mut out)` writes the value's `Debug` form
+    /// when its type has one ([`ShowDebug`]) and a placeholder otherwise ([`ShowOpaque`]).
+    pub struct ShowArg<'a, T>(pub &'a T);
+
+    /// See [`ShowArg`].
+    pub trait ShowDebug {
+        fn show_arg(&self, out: &mut String);
+    }
+
+    impl<T: std::fmt::Debug> ShowDebug for ShowArg<'_, T> {
+        fn show_arg(&self, out: &mut String) {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{:?}", self.0);
+        }
+    }
+
+    /// See [`ShowArg`].
+    pub trait ShowOpaque {
+        fn show_arg(&self, out: &mut String);
+    }
+
+    impl<T> ShowOpaque for &ShowArg<'_, T> {
+        fn show_arg(&self, out: &mut String) {
+            out.push_str("<no Debug>");
+        }
     }
 
     /// Checks one argument type, so the error points at that argument.

@@ -21,6 +21,18 @@ pub enum RegistryError {
     Invalid { at: String, why: String },
 }
 
+/// Why [`Registry::render_args`] could not show a job's arguments.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenderError {
+    /// This binary does not define the job, so it does not know its argument types.
+    #[error("this program does not define the job, so its argument types are unknown here")]
+    UnknownJob,
+    /// The bytes are not the job's arguments as this binary defines them.
+    #[error("the stored arguments do not decode as this program's definition of the job: {0}")]
+    Decode(crate::codec::DecodeError),
+}
+
 /// The job definitions linked into this binary, by stored name. Built once, on first use.
 #[derive(Debug)]
 pub struct Registry {
@@ -61,6 +73,18 @@ impl Registry {
         self.by_name.get(name).copied()
     }
 
+    /// The arguments of a stored job of this binary, decoded for display: `name: value`
+    /// pairs separated by `, `, each value in its `Debug` form (`<no Debug>` for a type
+    /// without one); `""` for a job without arguments. Meant for operators' tools such as the
+    /// admin page: the text is for people, not for parsing.
+    ///
+    /// Fails when this binary does not define the job, or the bytes do not decode as its
+    /// arguments (e.g. they were stored by another version of it).
+    pub fn render_args(&self, job: &str, args: &[u8]) -> Result<String, RenderError> {
+        let descriptor = self.get(job).ok_or(RenderError::UnknownJob)?;
+        (descriptor.render)(args).map_err(RenderError::Decode)
+    }
+
     /// The stored names of every job this binary can run.
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.by_name.keys().copied()
@@ -86,6 +110,10 @@ mod tests {
         unreachable!("not run in these tests")
     }
 
+    fn render(bytes: &[u8]) -> Result<String, crate::codec::DecodeError> {
+        Ok(format!("{} bytes", bytes.len()))
+    }
+
     static A: JobDescriptor = JobDescriptor {
         name: "same",
         queue: "default",
@@ -95,6 +123,7 @@ mod tests {
         file: "src/a.rs",
         line: 1,
         run: never,
+        render,
     };
     static B: JobDescriptor = JobDescriptor { file: "src/b.rs", line: 2, ..A };
     static BAD: JobDescriptor = JobDescriptor { name: "bad name", ..A };
@@ -111,6 +140,13 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("src/a.rs:1") && err.to_string().contains("src/b.rs:2"));
+    }
+
+    #[test]
+    fn arguments_render_through_the_definition_of_their_job() {
+        let registry = Registry::build([&A].into_iter()).unwrap();
+        assert_eq!(registry.render_args("same", &[1, 2, 3]).unwrap(), "3 bytes");
+        assert_eq!(registry.render_args("other", &[]), Err(RenderError::UnknownJob));
     }
 
     #[test]

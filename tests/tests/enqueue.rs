@@ -310,3 +310,41 @@ async fn scheduled_jobs_start_in_the_scheduled_state() {
     assert_eq!(env.job(past).await.status, "ready");
     let _: JobId = past;
 }
+
+/// A type without `Debug`: the admin page shows a placeholder for it.
+#[derive(Serialize, Deserialize)]
+struct Opaque(u8);
+
+#[define_job(name = "tests.enqueue.with_opaque")]
+async fn with_opaque(before: u8, secret: Opaque, r#type: String) {
+    let _ = (before, secret, r#type);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_arguments_render_for_display_through_their_definition() {
+    let env = env().await;
+    let registry = koyo_job::Registry::global().unwrap();
+    let args_of = |id: JobId| {
+        let env = &env;
+        async move {
+            let rows = env.query("SELECT job, args FROM koyo_jobs WHERE id = $1", &[&id.0]).await;
+            (rows[0].get::<_, String>(0), rows[0].get::<_, Vec<u8>>(1))
+        }
+    };
+
+    let id = send_welcome(42, "a \"quoted\"\naddress".into()).enqueue_on(&env.broker).await.unwrap();
+    let (job, args) = args_of(id).await;
+    assert_eq!(registry.render_args(&job, &args).unwrap(), r#"user_id: 42, email: "a \"quoted\"\naddress""#);
+
+    let id = with_opaque(7, Opaque(1), "t".into()).enqueue_on(&env.broker).await.unwrap();
+    let (job, args) = args_of(id).await;
+    assert_eq!(registry.render_args(&job, &args).unwrap(), r#"before: 7, secret: <no Debug>, type: "t""#);
+
+    let id = plain().enqueue_on(&env.broker).await.unwrap();
+    let (job, args) = args_of(id).await;
+    assert_eq!(registry.render_args(&job, &args).unwrap(), "");
+
+    assert_eq!(registry.render_args("no.such.job", &[]), Err(koyo_job::RenderError::UnknownJob));
+    let garbage = registry.render_args("enqueue::send_welcome", &[0xff; 3]).unwrap_err();
+    assert!(matches!(garbage, koyo_job::RenderError::Decode(_)), "{garbage:?}");
+}
