@@ -69,6 +69,11 @@ pub use koyo_job_macros::define_job;
 pub use middleware::{JobInfo, Middleware, Next, Outcome};
 pub use name::{MAX_JOB_NAME_LEN, MAX_QUEUE_LEN};
 pub use registry::{Registry, RegistryError, RenderError};
+
+/// The operator's queries (queue counts, job lists, retry/cancel/delete under the state rules,
+/// workers, activity), shared by `koyo-job-admin` and the admin page of `koyo-job-web`, for
+/// tools of your own. They take a plain connection: `&*broker.client().await?`.
+pub use koyo_job_migrate::admin;
 pub use worker::{Backoff, Retention, Worker, WorkerBuilder, WorkerHandle};
 
 /// Creates or upgrades koyo-job's tables (the same as running `koyo-job-migrate`), through a

@@ -1,0 +1,744 @@
+/*
+ * koyo-job admin page.
+ *
+ * Loaded by index.html (served by koyo-job-web). It polls the JSON API under
+ * `${base}api/` and draws the queues table, the per-queue activity charts, the
+ * filtered and paged job list, the job detail panel (with retry / cancel /
+ * delete) and the workers table. Plain ES2020, no dependencies.
+ *
+ * Rules this file keeps:
+ * - every string that comes from the server is written with textContent or
+ *   setAttribute, never parsed as HTML (job names, errors and args are untrusted);
+ * - no inline styles (the CSP forbids them): looks live in app.css, and SVG
+ *   shapes are coloured through their class;
+ * - refreshing never throws away what the user is looking at: filters, page,
+ *   the open detail and the scroll position survive, and a failed refresh keeps
+ *   the last data on screen.
+ */
+'use strict';
+
+(() => {
+  const STATES = ['scheduled', 'ready', 'running', 'done', 'failed', 'cancelled'];
+  const REFRESH_MS = 2000;
+  const ACTIVITY_MS = 5000;
+  const STALE_WORKER_SECS = 30;
+  const MESSAGE_MS = 6000;
+  const PAGE_SIZE = 50;
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+
+  // ---------------------------------------------------------------- config
+
+  function meta(name) {
+    const m = document.querySelector(`meta[name="${name}"]`);
+    const v = m ? m.getAttribute('content') || '' : '';
+    return v.includes('{{') ? '' : v; // placeholder left as is: page opened without the server
+  }
+
+  const cfg = {
+    base: meta('koyo-base') || './',
+    csrf: meta('koyo-csrf'),
+    readOnly: meta('koyo-read-only') === 'true',
+  };
+
+  // ----------------------------------------------------------------- state
+
+  const state = {
+    queue: '',           // queue filter, '' = all
+    states: [],          // state filter, [] = all
+    before: null,        // cursor of the page shown, null = newest page
+    beforeStack: [],     // cursors of the newer pages, to go back
+    nextBefore: null,    // cursor of the next older page, null = last page
+    detailId: null,      // job shown in the detail panel
+    detail: null,        // its last body
+    detailGen: 0,        // bumped by each action, so a detail fetched before it is not drawn after it
+    busy: false,         // an action is in flight
+    lastOk: 0,           // when the last refresh fully succeeded (ms)
+    refreshError: null,  // message of the last failed refresh, null when it worked
+    message: null,       // {text, error, until}: result of an action, shown for a while
+    lastActivity: 0,     // when the activity was last fetched (ms)
+    activity: null,      // its last body (charts are redrawn from it when their width changes)
+    sigs: {},            // last rendered data per section, to skip identical re-renders
+  };
+
+  // ------------------------------------------------------------ DOM helpers
+
+  const $ = (id) => document.getElementById(id);
+
+  /** Creates an element; `attrs` values are set with setAttribute, children are nodes or text. */
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    setAttrs(node, attrs);
+    for (const c of children) {
+      if (c === null || c === undefined || c === false) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG_NS, tag);
+    setAttrs(node, attrs);
+    for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    return node;
+  }
+
+  function setAttrs(node, attrs) {
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      node.setAttribute(k, v === true ? '' : String(v));
+    }
+  }
+
+  /** Replaces the rows of a table body, unless the data did not change since the last call. */
+  function fillBody(key, tbody, data, makeRows) {
+    const sig = JSON.stringify(data);
+    if (state.sigs[key] === sig) return false;
+    state.sigs[key] = sig;
+    tbody.replaceChildren(...makeRows());
+    return true;
+  }
+
+  // ------------------------------------------------------------- formatting
+
+  /** 0.4 → "0.4 s", 192 → "3 m 12 s", 7500 → "2 h 5 m", null → "—". */
+  function fmtDuration(secs) {
+    if (secs === null || secs === undefined || !Number.isFinite(secs)) return '—';
+    const s = Math.max(0, secs);
+    if (s < 10) return `${s.toFixed(1)} s`;
+    if (s < 60) return `${Math.floor(s)} s`;
+    if (s < 3600) {
+      const m = Math.floor(s / 60), r = Math.floor(s % 60);
+      return r ? `${m} m ${r} s` : `${m} m`;
+    }
+    if (s < 86400) {
+      const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+      return m ? `${h} h ${m} m` : `${h} h`;
+    }
+    const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600);
+    return h ? `${d} d ${h} h` : `${d} d`;
+  }
+
+  /** "3 m ago", "in 5 m", "just now" for an RFC 3339 timestamp; "—" for null. */
+  function fmtRelative(iso) {
+    if (!iso) return '—';
+    const t = Date.parse(iso);
+    if (Number.isNaN(t)) return iso;
+    const diff = (t - Date.now()) / 1000;
+    const a = Math.abs(diff);
+    if (a < 1.5) return 'just now';
+    let text;
+    if (a < 60) text = `${Math.round(a)} s`;
+    else if (a < 3600) text = `${Math.floor(a / 60)} m`;
+    else if (a < 86400) text = `${Math.floor(a / 3600)} h`;
+    else text = `${Math.floor(a / 86400)} d`;
+    return diff < 0 ? `${text} ago` : `in ${text}`;
+  }
+
+  /** "2026-11-29 03:40:56 UTC" (seconds precision, for reading). */
+  function fmtUtc(iso) {
+    const t = Date.parse(iso);
+    if (Number.isNaN(t)) return iso;
+    return new Date(t).toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC');
+  }
+
+  function firstLine(text) {
+    const line = String(text).split('\n').find((l) => l.trim() !== '') || '';
+    return line.length > 300 ? `${line.slice(0, 300)}…` : line;
+  }
+
+  /** Smallest of 1, 2, 5, 10, 20, 50… that is >= v (so the axis label is a round number). */
+  function niceCeil(v) {
+    if (v <= 1) return 1;
+    const p = 10 ** Math.floor(Math.log10(v));
+    for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
+    return 10 * p;
+  }
+
+  const sum = (xs) => (xs || []).reduce((a, b) => a + b, 0);
+
+  /** A <span> showing a timestamp relative to now; the tick keeps its text current. */
+  function relTime(iso) {
+    if (!iso) return el('span', { class: 'faint' }, '—');
+    return el('time', { datetime: iso, title: iso, 'data-rel': iso }, fmtRelative(iso));
+  }
+
+  function pill(status) {
+    return el('span', { class: `pill pill-${status}` }, status);
+  }
+
+  // -------------------------------------------------------------------- API
+
+  class ApiError extends Error {
+    constructor(message, status) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  /** Fetches `${base}api/${path}`; resolves with the JSON body, rejects with ApiError. */
+  async function api(path, method = 'GET') {
+    const init = { method, cache: 'no-store', credentials: 'same-origin', headers: { accept: 'application/json' } };
+    if (method !== 'GET') {
+      init.headers['x-koyo-csrf'] = cfg.csrf;
+      init.headers['content-type'] = 'application/json';
+      if (method === 'POST') init.body = '{}';
+    }
+    let res;
+    try {
+      res = await fetch(`${cfg.base}api/${path}`, init);
+    } catch (_) {
+      throw new ApiError('cannot reach the server', 0);
+    }
+    let body = null;
+    try {
+      body = await res.json();
+    } catch (_) {
+      body = null;
+    }
+    if (!res.ok) {
+      const msg = body && typeof body.error === 'string' ? body.error : `HTTP ${res.status} ${res.statusText}`.trim();
+      throw new ApiError(msg, res.status);
+    }
+    if (body === null) throw new ApiError('the server sent a response that is not JSON', res.status);
+    return body;
+  }
+
+  // ------------------------------------------------------------ status line
+
+  function showMessage(text, error = false) {
+    state.message = { text, error, until: Date.now() + MESSAGE_MS };
+    renderStatus();
+  }
+
+  function renderStatus() {
+    const line = $('status-line');
+    const now = Date.now();
+    let text, error = false;
+    const ago = state.lastOk ? `${fmtDuration((now - state.lastOk) / 1000).replace(/\.\d/, '')} ago` : null;
+    if (state.message && state.message.until > now) {
+      ({ text, error } = state.message);
+    } else if (state.refreshError) {
+      text = `refresh failed: ${state.refreshError} — ${ago ? `showing data from ${ago}` : 'no data yet'}`;
+      error = true;
+    } else if (ago) {
+      text = `updated ${ago}`;
+    } else {
+      text = 'loading…';
+    }
+    if (line.textContent !== text) {
+      line.textContent = text;
+      line.title = text; // the line is cut with an ellipsis on narrow screens
+    }
+    if (error) line.setAttribute('data-error', '');
+    else line.removeAttribute('data-error');
+  }
+
+  /** Once a second: relative times and the status line. */
+  function tick() {
+    for (const node of document.querySelectorAll('[data-rel]')) {
+      const t = fmtRelative(node.getAttribute('data-rel'));
+      if (node.textContent !== t) node.textContent = t;
+    }
+    renderStatus();
+  }
+
+  // ----------------------------------------------------------------- queues
+
+  function renderQueues(queues) {
+    $('queues-empty').hidden = queues.length > 0;
+    fillBody('queues', $('queues').tBodies[0], queues, () => queues.map(queueRow));
+    updateQueueFilter(queues.map((q) => q.queue));
+  }
+
+  function queueRow(q) {
+    const cells = STATES.map((s) => {
+      const n = q[s] || 0;
+      const cls = n === 0 ? 'num zero' : `num count-${s}`;
+      return el('td', { 'data-state': s, class: cls, title: `${q.queue}: ${n} ${s} — click to list them` }, n);
+    });
+    return el('tr', { 'data-queue': q.queue },
+      el('th', { scope: 'row', class: 'col-name', title: `list the jobs of ${q.queue}` }, q.queue),
+      ...cells,
+      el('td', { 'data-lag': true, class: q.lag_secs === null || q.lag_secs === undefined ? 'num zero' : 'num' },
+        fmtDuration(q.lag_secs)));
+  }
+
+  /** Keeps the queue <select> in step with the known queues, without touching the chosen value. */
+  function updateQueueFilter(names) {
+    const select = $('filter-queue');
+    const wanted = [...new Set([...names, state.queue].filter(Boolean))].sort();
+    const have = [...select.options].slice(1).map((o) => o.value);
+    if (have.join('\n') === wanted.join('\n')) return;
+    select.replaceChildren(el('option', { value: '' }, 'All queues'), ...wanted.map((n) => el('option', { value: n }, n)));
+    select.value = state.queue;
+  }
+
+  function onQueuesClick(ev) {
+    const row = ev.target.closest('tr[data-queue]');
+    if (!row) return;
+    const cell = ev.target.closest('td[data-state]');
+    setFilters(row.getAttribute('data-queue'), cell ? [cell.getAttribute('data-state')] : []);
+    $('jobs-section').scrollIntoView({ behavior: 'smooth', block: 'start' });
+  }
+
+  // ----------------------------------------------------------------- charts
+
+  // Geometry of one chart; the width follows the figure (320 px or a little more), the rest is fixed.
+  const CH = { h: 100, top: 16, bottom: 82, minW: 260, maxW: 520 };
+
+  /** Draws one figure per queue. Also called when #charts changes width, with the last data. */
+  function renderCharts(activity) {
+    state.activity = activity;
+    const queues = activity.queues || [];
+    const box = $('charts');
+    $('charts-empty').hidden = queues.length > 0;
+    const sig = `${box.clientWidth}:${JSON.stringify(activity)}`;
+    if (state.sigs.charts === sig) return;
+    state.sigs.charts = sig;
+    const figures = queues.map((q) => chartFigure(q, activity));
+    box.replaceChildren(...figures);
+    // The SVGs are drawn at the size their figure got (one layout pass), so text never scales.
+    figures.forEach((fig, i) => fig.insertBefore(chartSvg(queues[i], activity, chartWidth(fig)), fig.lastChild));
+  }
+
+  function chartWidth(fig) {
+    const cs = getComputedStyle(fig);
+    const w = fig.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+    return Math.round(Math.min(CH.maxW, Math.max(CH.minW, w || 320)));
+  }
+
+  function watchChartWidth() {
+    if (!('ResizeObserver' in window)) return;
+    let last = 0;
+    new ResizeObserver((entries) => {
+      const w = Math.round(entries[0].contentRect.width);
+      if (w !== last && state.activity) renderCharts(state.activity);
+      last = w;
+    }).observe($('charts'));
+  }
+
+  function chartFigure(q, activity) {
+    const done = sum(q.completed), failed = sum(q.failed);
+    const caption = el('figcaption', null,
+      el('strong', null, q.queue),
+      el('span', { class: 'chart-totals' }, `${done} completed · `,
+        el('span', { class: failed ? 'count-failed' : null }, `${failed} failed`), ' in the last hour'));
+    const legend = el('ul', { class: 'legend' },
+      el('li', null, el('span', { class: 'swatch swatch-done' }), 'completed'),
+      el('li', null, el('span', { class: 'swatch swatch-failed' }), 'failed'),
+      el('li', null, el('span', { class: 'swatch swatch-backlog' }), 'ready backlog'));
+    return el('figure', { 'data-queue': q.queue, class: 'chart' }, caption, legend);
+  }
+
+  /** Bars (completed, failed stacked on top) on the left scale, the ready backlog as a line on its own. */
+  function chartSvg(q, activity, w) {
+    const n = activity.buckets || (q.completed || []).length || 60;
+    const step = activity.step_secs || 60;
+    const start = Date.parse(activity.start);
+    const completed = q.completed || [], failed = q.failed || [], backlog = q.backlog || [];
+    const barMax = niceCeil(Math.max(0, ...completed.map((c, i) => c + (failed[i] || 0))));
+    const backlogMax = niceCeil(Math.max(0, ...backlog));
+    const { h, top, bottom } = CH;
+    const left = 2, right = w - 2;
+    const slot = (right - left) / n, barW = Math.max(1, slot * 0.72);
+    const y = (v, max) => bottom - (v / max) * (bottom - top);
+
+    const root = svg('svg', {
+      viewBox: `0 0 ${w} ${h}`, width: w, height: h, role: 'img',
+      'aria-label': `${q.queue}: ${sum(completed)} completed and ${sum(failed)} failed in the last hour`,
+    });
+    root.append(
+      svg('line', { class: 'grid-line', x1: left, x2: right, y1: top, y2: top }),
+      svg('line', { class: 'axis-line', x1: left, x2: right, y1: bottom, y2: bottom }),
+      svg('text', { class: 'axis-label', x: left, y: top - 5 }, `${barMax} / min`),
+      svg('text', { class: 'axis-label backlog-label', x: right, y: top - 5, 'text-anchor': 'end' }, `${backlogMax} ready`),
+      svg('text', { class: 'axis-label', x: left, y: h - 3 }, '−60 m'),
+      svg('text', { class: 'axis-label', x: right, y: h - 3, 'text-anchor': 'end' }, 'now'));
+
+    const bars = svg('g', { class: 'bars' });
+    const hits = svg('g', { class: 'hits' });
+    for (let i = 0; i < n; i++) {
+      const x = left + i * slot + (slot - barW) / 2;
+      const c = completed[i] || 0, f = failed[i] || 0;
+      if (c > 0) bars.append(svg('rect', { class: 'bar-done', x, width: barW, y: y(c, barMax), height: bottom - y(c, barMax) }));
+      if (f > 0) bars.append(svg('rect', { class: 'bar-failed', x, width: barW, y: y(c + f, barMax), height: y(c, barMax) - y(c + f, barMax) }));
+      const when = Number.isNaN(start) ? `minute ${i + 1}` : fmtUtc(new Date(start + i * step * 1000).toISOString()).slice(11, 16);
+      hits.append(svg('rect', { x: left + i * slot, width: slot, y: top, height: bottom - top },
+        svg('title', null, `${when} UTC — ${c} completed, ${f} failed, ${backlog[i] || 0} ready`)));
+    }
+    const points = backlog.map((v, i) => `${(left + (i + 0.5) * slot).toFixed(1)},${y(v, backlogMax).toFixed(1)}`);
+    root.append(bars);
+    if (barMax === 1 && backlogMax === 1 && sum(completed) + sum(failed) + sum(backlog) === 0) {
+      root.append(svg('text', { class: 'idle-label', x: w / 2, y: (top + bottom) / 2 + 4, 'text-anchor': 'middle' }, 'no activity in the last hour'));
+    }
+    if (points.length) root.append(svg('polyline', { class: 'backlog-line', points: points.join(' ') }));
+    root.append(hits);
+    return root;
+  }
+
+  // ------------------------------------------------------------------- jobs
+
+  function jobsQuery() {
+    const p = new URLSearchParams();
+    if (state.queue) p.set('queue', state.queue);
+    if (state.states.length) p.set('state', state.states.join(','));
+    p.set('limit', String(PAGE_SIZE));
+    if (state.before !== null) p.set('before', String(state.before));
+    return `jobs?${p}`;
+  }
+
+  async function loadJobs() {
+    const query = jobsQuery();
+    const data = await api(query);
+    if (query !== jobsQuery()) return; // filters or page changed meanwhile; a newer request follows
+    renderJobs(data);
+  }
+
+  function renderJobs(data) {
+    const jobs = data.jobs || [];
+    state.nextBefore = data.next_before ?? null;
+    $('jobs-empty').hidden = jobs.length > 0;
+    $('jobs').classList.remove('loading');
+    fillBody('jobs', $('jobs').tBodies[0], jobs, () => jobs.map(jobRow));
+    markSelectedRow();
+    renderPager();
+  }
+
+  function jobRow(j) {
+    const error = j.last_error ? firstLine(j.last_error) : null;
+    return el('tr', { 'data-job-id': j.id, tabindex: 0 },
+      el('td', { 'data-col': 'id', class: 'num' }, j.id),
+      el('td', { 'data-col': 'job', class: 'clip', title: j.job }, ...jobName(j.job)),
+      el('td', { 'data-col': 'queue', class: 'clip', title: j.queue }, j.queue),
+      el('td', { 'data-col': 'status' }, pill(j.status)),
+      el('td', { 'data-col': 'attempts', class: 'num' }, `${j.attempts}/${j.max_attempts}`),
+      el('td', { 'data-col': 'scheduled' }, relTime(j.scheduled_at)),
+      el('td', { 'data-col': 'finished' }, relTime(j.finished_at)),
+      el('td', { 'data-col': 'error', class: 'clip error-text', title: j.last_error ? j.last_error.slice(0, 2000) : null },
+        error === null ? el('span', { class: 'faint' }, '—') : error));
+  }
+
+  /** "app::mail::send" → a muted "app::mail::" and the plain "send" (the part that tells jobs apart). */
+  function jobName(name) {
+    const cut = name.lastIndexOf('::');
+    if (cut <= 0) return [name];
+    return [el('span', { class: 'job-module' }, name.slice(0, cut + 2)), name.slice(cut + 2)];
+  }
+
+  function markSelectedRow() {
+    for (const row of $('jobs').tBodies[0].rows) {
+      row.classList.toggle('selected', row.getAttribute('data-job-id') === String(state.detailId));
+    }
+  }
+
+  function renderPager() {
+    $('newer').disabled = state.before === null;
+    $('older').disabled = state.nextBefore === null;
+    const page = state.before === null ? 1 : state.beforeStack.length + 1;
+    $('page-info').textContent = page === 1 ? 'newest first' : `page ${page}, newest first`;
+  }
+
+  function onJobsClick(ev) {
+    const row = ev.target.closest('tr[data-job-id]');
+    if (row) chooseJob(Number(row.getAttribute('data-job-id')));
+  }
+
+  function onJobsKey(ev) {
+    if (ev.key !== 'Enter' && ev.key !== ' ') return;
+    const row = ev.target.closest('tr[data-job-id]');
+    if (!row) return;
+    ev.preventDefault();
+    chooseJob(Number(row.getAttribute('data-job-id')));
+  }
+
+  function chooseJob(id) {
+    if (location.hash === `#job/${id}`) openDetail(id);
+    else location.hash = `job/${id}`; // hashchange opens it
+  }
+
+  function goPage(older) {
+    if (older) {
+      if (state.nextBefore === null) return;
+      state.beforeStack.push(state.before);
+      state.before = state.nextBefore;
+    } else {
+      if (state.before === null) return;
+      state.before = state.beforeStack.length ? state.beforeStack.pop() : null;
+    }
+    reloadJobs();
+    if ($('jobs-section').getBoundingClientRect().top < 0) $('jobs-section').scrollIntoView({ block: 'start' });
+  }
+
+  function readFilters() {
+    state.queue = $('filter-queue').value;
+    state.states = [...document.querySelectorAll('input[name="state"]:checked')].map((i) => i.value);
+    state.before = null;
+    state.beforeStack = [];
+    $('filter-reset').hidden = !state.queue && !state.states.length;
+    reloadJobs();
+  }
+
+  function setFilters(queue, states) {
+    state.queue = queue;
+    updateQueueFilter([...$('filter-queue').options].slice(1).map((o) => o.value));
+    $('filter-queue').value = queue;
+    for (const box of document.querySelectorAll('input[name="state"]')) box.checked = states.includes(box.value);
+    readFilters();
+  }
+
+  /** The list changed shape: keep the old rows (dimmed) until the new page arrives. */
+  function reloadJobs() {
+    state.nextBefore = null;
+    renderPager();
+    $('jobs').classList.add('loading');
+    refreshNow();
+  }
+
+  // ----------------------------------------------------------------- detail
+
+  /** Shows job `id`; the panel appears once its data is there. */
+  async function openDetail(id) {
+    if (state.detailId !== id) $('job-detail').classList.add('loading');
+    state.detailId = id;
+    markSelectedRow();
+    try {
+      await loadDetail();
+    } catch (e) {
+      try {
+        detailFailed(id, e);
+      } catch (_) {
+        showMessage(`cannot load job ${id}: ${e.message}`, true);
+      }
+    }
+  }
+
+  /** Fetches the open job; an answer that an action or another job overtook is dropped. */
+  async function loadDetail() {
+    const id = state.detailId, gen = state.detailGen;
+    if (id === null) return;
+    const body = await api(`jobs/${id}`);
+    if (state.detailId === id && state.detailGen === gen) renderDetail(body);
+  }
+
+  /** A job that does not exist closes the panel; other failures are rethrown (the panel keeps its data). */
+  function detailFailed(id, e) {
+    if (state.detailId !== id) return;
+    if (e.status === 404 || e.status === 400) {
+      closeDetail();
+      showMessage(`job ${id}: ${e.message}`, true);
+      return;
+    }
+    throw e;
+  }
+
+  function renderDetail(d) {
+    const panel = $('job-detail');
+    panel.classList.remove('loading');
+    const sig = JSON.stringify(d);
+    state.detail = d;
+    if (state.sigs.detail !== sig || panel.hidden) {
+      state.sigs.detail = sig;
+      fillDetail(d);
+    }
+    panel.setAttribute('data-job-id', String(d.id));
+    panel.hidden = false;
+    document.body.classList.add('has-detail');
+    renderActions(d.actions || {});
+  }
+
+  function fillDetail(d) {
+    $('detail-id').textContent = String(d.id);
+    const status = $('detail-status');
+    status.textContent = d.status;
+    status.className = `pill pill-${d.status}`;
+    $('detail-job').textContent = d.job;
+    $('detail-queue').textContent = d.queue;
+    $('detail-priority').textContent = String(d.priority);
+    $('detail-attempts').textContent = `${d.attempts}/${d.max_attempts}`;
+    $('detail-worker').replaceChildren(d.worker_id === null || d.worker_id === undefined
+      ? el('span', { class: 'faint' }, '—') : `worker ${d.worker_id}`);
+    for (const f of ['created', 'scheduled', 'started', 'finished']) $(`detail-${f}`).replaceChildren(timeField(d[`${f}_at`]));
+    fillArgs(d.args || {});
+    $('detail-error').replaceChildren(d.last_error
+      ? el('pre', { class: 'error-pre' }, d.last_error)
+      : el('p', { class: 'note' }, el('em', null, 'No error recorded.')));
+  }
+
+  function timeField(iso) {
+    if (!iso) return el('span', { class: 'faint' }, '—');
+    return el('span', { class: 'time-field' },
+      el('time', { datetime: iso, title: iso, 'data-rel': iso }, fmtRelative(iso)),
+      el('span', { class: 'utc' }, fmtUtc(iso)));
+  }
+
+  function fillArgs(args) {
+    $('detail-args-size').textContent = Number.isFinite(args.bytes) ? `${args.bytes} bytes` : '';
+    $('detail-args').replaceChildren(typeof args.display === 'string'
+      ? el('pre', { class: 'args-pre' }, args.display)
+      : el('p', { class: 'note' }, el('em', null, args.note || 'No display available.')));
+  }
+
+  function renderActions(actions) {
+    let any = false;
+    for (const kind of ['retry', 'cancel', 'delete']) {
+      const b = $(kind);
+      b.hidden = !actions[kind];
+      b.disabled = state.busy;
+      any = any || actions[kind];
+    }
+    const note = $('detail-no-actions');
+    note.hidden = any;
+    note.textContent = cfg.readOnly ? 'Read-only: no actions.' : 'No action applies to a job in this state.';
+  }
+
+  /** Hides the panel; `clearHash` also drops `#job/N` from the URL (without a new history entry). */
+  function closeDetail(clearHash = true) {
+    state.detailId = null;
+    state.detail = null;
+    state.sigs.detail = null;
+    const panel = $('job-detail');
+    panel.hidden = true;
+    panel.classList.remove('loading');
+    panel.removeAttribute('data-job-id');
+    document.body.classList.remove('has-detail');
+    markSelectedRow();
+    if (clearHash && parseHash() !== null) history.replaceState(null, '', location.pathname + location.search);
+  }
+
+  const ACTION_TEXT = {
+    retry: { path: (id) => [`jobs/${id}/retry`, 'POST'], done: (id) => `job ${id} queued for retry` },
+    cancel: { path: (id) => [`jobs/${id}/cancel`, 'POST'], done: (id) => `job ${id} cancelled` },
+    delete: { path: (id) => [`jobs/${id}`, 'DELETE'], done: (id) => `job ${id} deleted` },
+  };
+
+  async function runAction(kind) {
+    const d = state.detail;
+    if (!d || state.busy) return;
+    const id = d.id;
+    if (kind === 'delete' && !window.confirm(`Delete job ${id} (${d.job})? This cannot be undone.`)) return;
+    state.busy = true;
+    state.detailGen += 1;
+    renderActions(d.actions || {});
+    try {
+      const body = await api(...ACTION_TEXT[kind].path(id));
+      showMessage(ACTION_TEXT[kind].done(id));
+      if (kind === 'delete') closeDetail();
+      else if (state.detailId === id && body && body.id === id) renderDetail(body);
+    } catch (e) {
+      showMessage(`${kind} job ${id} failed: ${e.message}`, true);
+    } finally {
+      state.busy = false;
+      if (state.detail) renderActions(state.detail.actions || {});
+      refreshNow();
+    }
+  }
+
+  function parseHash() {
+    const m = /^#job\/(\d+)$/.exec(location.hash);
+    return m ? Number(m[1]) : null;
+  }
+
+  function onHashChange() {
+    const id = parseHash();
+    if (id !== null) openDetail(id);
+    else if (state.detailId !== null) closeDetail(false);
+  }
+
+  // ---------------------------------------------------------------- workers
+
+  function renderWorkers(workers) {
+    $('workers-empty').hidden = workers.length > 0;
+    fillBody('workers', $('workers').tBodies[0], workers, () => workers.map(workerRow));
+  }
+
+  function workerRow(w) {
+    const stale = w.heartbeat_age_secs > STALE_WORKER_SECS;
+    const queues = (w.queues || []).map((q) => el('span', { class: 'tag' }, q));
+    return el('tr', { 'data-worker-id': w.id, class: stale ? 'stale' : null },
+      el('td', { class: 'num' }, w.id),
+      el('td', { class: 'clip', title: w.hostname }, w.hostname),
+      el('td', { class: 'num' }, w.pid),
+      el('td', { class: 'tags' }, ...(queues.length ? queues : [el('span', { class: 'faint' }, '—')])),
+      el('td', { class: 'num' }, w.pool_size),
+      el('td', { class: 'num' }, `${w.running}/${w.pool_size}`),
+      el('td', null, relTime(w.started_at)),
+      el('td', { class: 'heartbeat' }, `${fmtDuration(w.heartbeat_age_secs)} ago`,
+        stale ? el('span', { class: 'stale-tag' }, 'stale') : null));
+  }
+
+  // ---------------------------------------------------------- refresh loop
+
+  let timer = null, inFlight = false, again = false;
+
+  /** Fetches every section at once; each renders as soon as its answer arrives. */
+  async function refresh() {
+    if (inFlight) { again = true; return; }
+    inFlight = true;
+    clearTimeout(timer);
+    const tasks = [
+      api('queues').then((b) => renderQueues(b.queues || [])),
+      loadJobs(),
+      api('workers').then((b) => renderWorkers(b.workers || [])),
+    ];
+    if (state.detailId !== null) {
+      const id = state.detailId;
+      tasks.push(loadDetail().catch((e) => detailFailed(id, e)));
+    }
+    if (Date.now() - state.lastActivity >= ACTIVITY_MS - 100) {
+      tasks.push(api('activity').then((b) => { state.lastActivity = Date.now(); renderCharts(b); }));
+    }
+    const results = await Promise.allSettled(tasks);
+    const failed = results.find((r) => r.status === 'rejected');
+    if (failed) {
+      state.refreshError = failed.reason instanceof Error ? failed.reason.message : String(failed.reason);
+    } else {
+      state.refreshError = null;
+      state.lastOk = Date.now();
+    }
+    renderStatus();
+    inFlight = false;
+    if (again) { again = false; refresh(); } else timer = setTimeout(refresh, REFRESH_MS);
+  }
+
+  function refreshNow() {
+    refresh();
+  }
+
+  // ------------------------------------------------------------------- init
+
+  function bind() {
+    $('filters').addEventListener('submit', (e) => e.preventDefault());
+    $('filter-queue').addEventListener('change', readFilters);
+    for (const box of document.querySelectorAll('input[name="state"]')) box.addEventListener('change', readFilters);
+    $('filter-reset').addEventListener('click', () => setFilters('', []));
+    $('queues').tBodies[0].addEventListener('click', onQueuesClick);
+    $('jobs').tBodies[0].addEventListener('click', onJobsClick);
+    $('jobs').tBodies[0].addEventListener('keydown', onJobsKey);
+    $('newer').addEventListener('click', () => goPage(false));
+    $('older').addEventListener('click', () => goPage(true));
+    $('close-detail').addEventListener('click', () => closeDetail());
+    for (const kind of ['retry', 'cancel', 'delete']) $(kind).addEventListener('click', () => runAction(kind));
+    document.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape' && state.detailId !== null && !e.defaultPrevented) closeDetail();
+    });
+    window.addEventListener('hashchange', onHashChange);
+  }
+
+  function init() {
+    document.body.classList.toggle('read-only', cfg.readOnly);
+    $('read-only-badge').hidden = !cfg.readOnly;
+    // Filters the browser restored from its form cache count from the start.
+    state.queue = $('filter-queue').value;
+    state.states = [...document.querySelectorAll('input[name="state"]:checked')].map((i) => i.value);
+    $('filter-reset').hidden = !state.queue && !state.states.length;
+    bind();
+    watchChartWidth();
+    renderPager();
+    state.detailId = parseHash(); // a #job/N link: the first refresh opens it
+    refresh();
+    setInterval(tick, 1000);
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', init);
+  else init();
+})();

@@ -1,0 +1,512 @@
+//! The JSON API: each handler reads or changes the queue through `koyo_job::admin` (the
+//! queries `koyo-job-admin` uses too) and answers JSON. See the crate documentation for the
+//! routes and `docs/operations.md` for every field.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State as Extract};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use koyo_job::admin::{self, Action, AdminError, JobFilter};
+use koyo_job::tokio_postgres::Client;
+use serde::Serialize;
+
+use crate::{State, csrf};
+
+type Shared = Extract<Arc<State>>;
+type Params = Query<HashMap<String, String>>;
+
+/// The most characters of a job's rendered arguments the API returns.
+const MAX_ARGS_CHARS: usize = 4000;
+/// The most jobs one page lists.
+const MAX_LIMIT: i64 = 500;
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// An error answer: a status and one sentence, as `{"error": "…"}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, message)
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(error: AdminError) -> Self {
+        match error {
+            AdminError::NotFound(id) => ApiError::new(StatusCode::NOT_FOUND, format!("no job with id {id}")),
+            AdminError::Refused(why) => ApiError::new(StatusCode::CONFLICT, why),
+            other => database_error(&other),
+        }
+    }
+}
+
+impl From<koyo_job::Error> for ApiError {
+    fn from(error: koyo_job::Error) -> Self {
+        database_error(&error)
+    }
+}
+
+/// 503 with the error and its causes (the server's message is in tokio-postgres's source);
+/// none of them carries the connection's password.
+fn database_error(error: &dyn std::error::Error) -> ApiError {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    tracing::warn!(error = %message, "koyo-job admin: a database request failed");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: self.message })).into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// Runs `query` on a pooled connection within the router's query timeout. A connection whose
+/// query timed out is dropped rather than returned to the pool: its server may hang.
+async fn with_client<T>(
+    state: &State,
+    query: impl AsyncFnOnce(&Client) -> Result<T, AdminError>,
+) -> Result<T, ApiError> {
+    let client = state.broker.client().await?;
+    match tokio::time::timeout(state.query_timeout, query(&client)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            drop(koyo_job::deadpool_postgres::Object::take(client));
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the database did not answer within {:?}", state.query_timeout),
+            ))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input
+
+fn job_id(raw: &str) -> Result<i64, ApiError> {
+    admin::parse_id(raw).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "job ids are positive integers below 2^63, not `{}`",
+            shorten(raw, 40).escape_debug()
+        ))
+    })
+}
+
+/// `queue`, `state`, `limit` and `before`; empty values mean "not given", other parameters are
+/// ignored.
+fn job_filter(params: &HashMap<String, String>) -> Result<JobFilter, ApiError> {
+    let given = |key: &str| params.get(key).map(String::as_str).filter(|v| !v.is_empty());
+    let queue = match given("queue") {
+        Some(q) if admin::is_queue_name(q) => Some(q.to_owned()),
+        Some(q) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid queue name `{}`: 1 to 64 of ASCII letters, digits and _ . : -",
+                shorten(q, 70).escape_debug()
+            )));
+        }
+        None => None,
+    };
+    let states = given("state").map(|s| admin::parse_states(s, &admin::STATES)).transpose();
+    let states = states.map_err(|why| ApiError::bad_request(shorten(&why, 300)))?;
+    let limit = match given("limit") {
+        None => 50,
+        Some(raw) => raw.parse::<i64>().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "limit must be a whole number from 1 to {MAX_LIMIT}, not `{}`",
+                shorten(raw, 40).escape_debug()
+            ))
+        })?,
+    };
+    let before = given("before").map(job_id).transpose()?;
+    Ok(JobFilter { queue, states, before, limit })
+}
+
+/// At most `max` characters of `text`.
+fn shorten(text: &str, max: usize) -> &str {
+    text.char_indices().nth(max).map_or(text, |(end, _)| &text[..end])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+#[derive(Serialize)]
+pub(crate) struct QueuesBody {
+    queues: Vec<QueueJson>,
+}
+
+#[derive(Serialize)]
+struct QueueJson {
+    queue: String,
+    scheduled: i64,
+    ready: i64,
+    running: i64,
+    done: i64,
+    failed: i64,
+    cancelled: i64,
+    lag_secs: Option<f64>,
+}
+
+pub(crate) async fn queues(Extract(state): Shared) -> ApiResult<QueuesBody> {
+    let queues = with_client(&state, async |c| admin::queues(c).await).await?;
+    let queues = queues
+        .into_iter()
+        .map(|q| QueueJson {
+            queue: q.queue,
+            scheduled: q.scheduled,
+            ready: q.ready,
+            running: q.running,
+            done: q.done,
+            failed: q.failed,
+            cancelled: q.cancelled,
+            lag_secs: q.lag_secs,
+        })
+        .collect();
+    Ok(Json(QueuesBody { queues }))
+}
+
+#[derive(Serialize)]
+pub(crate) struct JobsBody {
+    jobs: Vec<JobJson>,
+    next_before: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct JobJson {
+    id: i64,
+    queue: String,
+    job: String,
+    status: String,
+    priority: i16,
+    attempts: i32,
+    max_attempts: i32,
+    scheduled_at: String,
+    finished_at: Option<String>,
+    last_error: Option<String>,
+}
+
+pub(crate) async fn jobs(Extract(state): Shared, Query(params): Params) -> ApiResult<JobsBody> {
+    let filter = job_filter(&params)?;
+    let page = with_client(&state, async |c| admin::jobs(c, &filter).await).await?;
+    let jobs = page
+        .jobs
+        .into_iter()
+        .map(|j| JobJson {
+            id: j.id,
+            queue: j.queue,
+            job: j.job,
+            status: j.status,
+            priority: j.priority,
+            attempts: j.attempts,
+            max_attempts: j.max_attempts,
+            scheduled_at: j.scheduled_at,
+            finished_at: j.finished_at,
+            last_error: j.last_error,
+        })
+        .collect();
+    Ok(Json(JobsBody { jobs, next_before: page.next_before }))
+}
+
+#[derive(Serialize)]
+pub(crate) struct JobDetailBody {
+    id: i64,
+    queue: String,
+    job: String,
+    status: String,
+    priority: i16,
+    attempts: i32,
+    max_attempts: i32,
+    created_at: String,
+    scheduled_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    worker_id: Option<i64>,
+    last_error: Option<String>,
+    args: ArgsJson,
+    actions: ActionsJson,
+}
+
+#[derive(Serialize)]
+struct ArgsJson {
+    bytes: usize,
+    display: Option<String>,
+    note: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ActionsJson {
+    retry: bool,
+    cancel: bool,
+    delete: bool,
+}
+
+pub(crate) async fn job(Extract(state): Shared, Path(id): Path<String>) -> ApiResult<JobDetailBody> {
+    let id = job_id(&id)?;
+    detail(&state, id).await.map(Json)
+}
+
+async fn detail(state: &State, id: i64) -> Result<JobDetailBody, ApiError> {
+    let job = with_client(state, async |c| admin::job(c, id).await).await?.ok_or(AdminError::NotFound(id))?;
+    let allowed = |action| !state.read_only && job.allows(action);
+    let actions = ActionsJson {
+        retry: allowed(Action::Retry),
+        cancel: allowed(Action::Cancel),
+        delete: allowed(Action::Delete),
+    };
+    Ok(JobDetailBody {
+        args: render_args(&job.job, &job.args),
+        actions,
+        id: job.id,
+        queue: job.queue,
+        job: job.job,
+        status: job.status,
+        priority: job.priority,
+        attempts: job.attempts,
+        max_attempts: job.max_attempts,
+        created_at: job.created_at,
+        scheduled_at: job.scheduled_at,
+        started_at: job.started_at,
+        finished_at: job.finished_at,
+        worker_id: job.worker_id,
+        last_error: job.last_error,
+    })
+}
+
+/// The arguments through this binary's definition of the job, truncated; or why not.
+fn render_args(job: &str, bytes: &[u8]) -> ArgsJson {
+    let rendered = koyo_job::Registry::global()
+        .map_err(|e| format!("the job definitions of this program are inconsistent: {e}"))
+        .and_then(|registry| registry.render_args(job, bytes).map_err(|e| e.to_string()));
+    match rendered {
+        Ok(text) if text.is_empty() => {
+            ArgsJson { bytes: bytes.len(), display: None, note: Some("no arguments".into()) }
+        }
+        Ok(text) => {
+            let shown = shorten(&text, MAX_ARGS_CHARS);
+            let display = if shown.len() < text.len() {
+                format!("{shown}… ({} more characters)", text[shown.len()..].chars().count())
+            } else {
+                text
+            };
+            ArgsJson { bytes: bytes.len(), display: Some(display), note: None }
+        }
+        Err(why) => ArgsJson { bytes: bytes.len(), display: None, note: Some(why) },
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct WorkersBody {
+    workers: Vec<WorkerJson>,
+}
+
+#[derive(Serialize)]
+struct WorkerJson {
+    id: i64,
+    hostname: String,
+    pid: i32,
+    queues: Vec<String>,
+    pool_size: i32,
+    started_at: String,
+    heartbeat_age_secs: f64,
+    lease_secs: f64,
+    live: bool,
+    running: i64,
+}
+
+pub(crate) async fn workers(Extract(state): Shared) -> ApiResult<WorkersBody> {
+    let workers = with_client(&state, async |c| admin::workers(c).await).await?;
+    let workers = workers
+        .into_iter()
+        .map(|w| WorkerJson {
+            id: w.id,
+            hostname: w.hostname,
+            pid: w.pid,
+            queues: w.queues,
+            pool_size: w.pool_size,
+            started_at: w.started_at,
+            heartbeat_age_secs: w.heartbeat_age_secs,
+            lease_secs: w.lease_secs,
+            live: w.live,
+            running: w.running,
+        })
+        .collect();
+    Ok(Json(WorkersBody { workers }))
+}
+
+#[derive(Serialize)]
+pub(crate) struct ActivityBody {
+    start: String,
+    step_secs: u32,
+    buckets: usize,
+    queues: Vec<QueueActivityJson>,
+}
+
+#[derive(Serialize)]
+struct QueueActivityJson {
+    queue: String,
+    completed: Vec<i64>,
+    failed: Vec<i64>,
+    backlog: Vec<i64>,
+}
+
+pub(crate) async fn activity(Extract(state): Shared, Query(params): Params) -> ApiResult<ActivityBody> {
+    let minutes = match params.get("minutes").map(String::as_str).filter(|m| !m.is_empty()) {
+        None => 60,
+        Some(raw) => raw.parse::<u32>().ok().filter(|m| (1..=1440).contains(m)).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "minutes must be a whole number from 1 to 1440, not `{}`",
+                shorten(raw, 40).escape_debug()
+            ))
+        })?,
+    };
+    let activity = with_client(&state, async |c| admin::activity(c, minutes).await).await?;
+    let queues = activity
+        .queues
+        .into_iter()
+        .map(|q| QueueActivityJson {
+            queue: q.queue,
+            completed: q.completed,
+            failed: q.failed,
+            backlog: q.backlog,
+        })
+        .collect();
+    Ok(Json(ActivityBody { start: activity.start, step_secs: 60, buckets: activity.buckets, queues }))
+}
+
+#[derive(Serialize)]
+pub(crate) struct CsrfBody {
+    token: String,
+}
+
+pub(crate) async fn csrf(Extract(state): Shared) -> Json<CsrfBody> {
+    Json(CsrfBody { token: state.csrf.clone() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Changing
+
+pub(crate) async fn retry(state: Shared, headers: HeaderMap, id: Path<String>) -> ApiResult<JobDetailBody> {
+    act(state, headers, id, Action::Retry).await
+}
+
+pub(crate) async fn cancel(state: Shared, headers: HeaderMap, id: Path<String>) -> ApiResult<JobDetailBody> {
+    act(state, headers, id, Action::Cancel).await
+}
+
+async fn act(
+    Extract(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    action: Action,
+) -> ApiResult<JobDetailBody> {
+    let id = permitted(&state, &headers, &id)?;
+    let done = with_client(&state, async |c| admin::apply(c, id, action).await).await?;
+    tracing::info!(job.id = id, job.queue = %done.queue, "koyo-job admin: {}", past_tense(action));
+    detail(&state, id).await.map(Json)
+}
+
+#[derive(Serialize)]
+pub(crate) struct DeletedBody {
+    deleted: i64,
+}
+
+pub(crate) async fn delete(
+    Extract(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<DeletedBody> {
+    let id = permitted(&state, &headers, &id)?;
+    let done = with_client(&state, async |c| admin::apply(c, id, Action::Delete).await).await?;
+    tracing::info!(job.id = id, job.queue = %done.queue, "koyo-job admin: {}", past_tense(Action::Delete));
+    Ok(Json(DeletedBody { deleted: id }))
+}
+
+/// The checks every change passes first: read-only mode, CSRF, then the id.
+fn permitted(state: &State, headers: &HeaderMap, raw_id: &str) -> Result<i64, ApiError> {
+    if state.read_only {
+        return Err(ApiError::forbidden("this admin page is read-only"));
+    }
+    csrf::check(headers, &state.csrf)?;
+    job_id(raw_id)
+}
+
+fn past_tense(action: Action) -> &'static str {
+    match action {
+        Action::Retry => "job retried",
+        Action::Cancel => "job cancelled",
+        Action::Delete => "job deleted",
+    }
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such page or API route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(pairs: &[(&str, &str)]) -> Result<JobFilter, ApiError> {
+        job_filter(&pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+    }
+
+    #[test]
+    fn filters_parse_and_empty_values_mean_all() {
+        let f = filter(&[("queue", "mail"), ("state", "failed,ready"), ("limit", "10"), ("before", "99")])
+            .unwrap();
+        assert_eq!(f.queue.as_deref(), Some("mail"));
+        assert_eq!(f.states, Some(vec!["failed".into(), "ready".into()]));
+        assert_eq!((f.limit, f.before), (10, Some(99)));
+        let all = filter(&[("queue", ""), ("state", ""), ("other", "x")]).unwrap();
+        assert_eq!(all, JobFilter::default());
+    }
+
+    #[test]
+    fn bad_filters_are_refused_with_a_reason() {
+        for (pairs, says) in [
+            (&[("queue", "no spaces")][..], "invalid queue name"),
+            (&[("state", "ready,bogus")], "unknown state `bogus`"),
+            (&[("limit", "0")], "limit must be"),
+            (&[("limit", "501")], "limit must be"),
+            (&[("before", "-3")], "positive integers"),
+        ] {
+            let error = filter(pairs).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST);
+            assert!(error.message.contains(says), "{pairs:?}: {}", error.message);
+        }
+    }
+
+    #[test]
+    fn long_text_is_shortened_on_a_character_boundary() {
+        assert_eq!(shorten("héllo", 2), "hé");
+        assert_eq!(shorten("hi", 5), "hi");
+    }
+}

@@ -1,0 +1,444 @@
+//! The admin router against a real PostgreSQL: every route, bad ids and filters, the state
+//! rules, CSRF, read-only mode, and the page under a mount point. Requests go through the
+//! router in process (`tower::ServiceExt::oneshot`); each test has its own database.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use koyo_job::testing::TestDatabase;
+use koyo_job::{Broker, BrokerOptions, JobId, define_job};
+use koyo_job_web::Admin;
+use serde_json::Value;
+use tower::ServiceExt as _;
+
+#[define_job(queue = "mail", max_attempts = 3)]
+async fn send_welcome(user_id: i64, email: String) -> Result<(), String> {
+    let _ = (user_id, email);
+    Ok(())
+}
+
+const TOKEN: &str = "test-token-0123456789";
+
+struct Fixture {
+    broker: Broker,
+    app: Router,
+    _db: TestDatabase,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        Fixture::with(|admin| admin).await
+    }
+
+    async fn with(configure: impl FnOnce(Admin) -> Admin) -> Fixture {
+        let db = TestDatabase::create().await.expect("a PostgreSQL server for tests");
+        let broker = Broker::new(db.config().clone(), BrokerOptions::default()).unwrap();
+        koyo_job::migrate(&broker).await.unwrap();
+        let app = configure(Admin::new(broker.clone()).csrf_token(TOKEN)).mount("/admin/jobs");
+        Fixture { broker, app, _db: db }
+    }
+
+    async fn sql(&self, sql: &str) {
+        self.broker.client().await.unwrap().batch_execute(sql).await.unwrap()
+    }
+
+    async fn enqueue(&self, user_id: i64) -> i64 {
+        let JobId(id) =
+            send_welcome(user_id, format!("u{user_id}@example.com")).enqueue_on(&self.broker).await.unwrap();
+        id
+    }
+
+    /// A job row in any state, inserted directly.
+    async fn job_in(&self, queue: &str, status: &str, worker: Option<i64>) -> i64 {
+        let rows = self
+            .broker
+            .client()
+            .await
+            .unwrap()
+            .query(
+                "INSERT INTO koyo_jobs (queue, job, args, status, attempts, max_attempts, started_at, finished_at,
+                                        worker_id, last_error)
+                 VALUES ($1, 'tests.raw', '\\x00'::bytea, $2, 1, 3, now() - interval '2 seconds',
+                         CASE WHEN $2 IN ('done', 'failed', 'cancelled') THEN now() END, $3,
+                         CASE WHEN $2 = 'failed' THEN 'boom' END)
+                 RETURNING id",
+                &[&queue, &status, &worker],
+            )
+            .await
+            .unwrap();
+        rows[0].get(0)
+    }
+
+    async fn worker(&self, heartbeat_secs_ago: f64, lease_secs: f64) -> i64 {
+        let rows = self
+            .broker
+            .client()
+            .await
+            .unwrap()
+            .query(
+                "INSERT INTO koyo_workers (hostname, pid, queues, pool_size, heartbeat_at, lease_secs)
+                 VALUES ('host-a', 4242, ARRAY['mail'], 8, now() - make_interval(secs => $1), $2) RETURNING id",
+                &[&heartbeat_secs_ago, &lease_secs],
+            )
+            .await
+            .unwrap();
+        rows[0].get(0)
+    }
+
+    async fn status_of(&self, id: i64) -> Option<String> {
+        let rows = self
+            .broker
+            .client()
+            .await
+            .unwrap()
+            .query("SELECT status FROM koyo_jobs WHERE id = $1", &[&id])
+            .await
+            .unwrap();
+        rows.first().map(|r| r.get(0))
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, String, Vec<(String, String)>) {
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self.app.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let status = response.status();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap(), headers)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let (status, body, headers) = self.call(Method::GET, path, &[]).await;
+        assert!(
+            headers.iter().any(|(k, v)| k == "content-type" && v.starts_with("application/json")),
+            "{path}"
+        );
+        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
+    }
+
+    async fn post(&self, method: Method, path: &str) -> (StatusCode, Value) {
+        let (status, body, _) = self.call(method, path, &[("x-koyo-csrf", TOKEN)]).await;
+        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
+    }
+}
+
+fn error_of(body: &Value) -> &str {
+    body["error"].as_str().unwrap_or_else(|| panic!("no error in {body}"))
+}
+
+#[tokio::test]
+async fn the_page_is_served_under_its_mount_point_with_a_strict_policy() {
+    let f = Fixture::new().await;
+    let (status, _, headers) = f.call(Method::GET, "/admin/jobs/", &[]).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert!(headers.contains(&("location".to_owned(), "/admin/jobs".to_owned())), "{headers:?}");
+    // Nested by hand, under another path.
+    let nested = Router::new().nest("/ops/queue", Admin::new(f.broker.clone()).router());
+    let response = nested.oneshot(Request::get("/ops/queue").body(Body::empty()).unwrap()).await.unwrap();
+    let html = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    assert!(String::from_utf8_lossy(&html).contains(r#"<meta name="koyo-base" content="/ops/queue/">"#));
+
+    for path in ["/admin/jobs"] {
+        let (status, html, headers) = f.call(Method::GET, path, &[]).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(html.contains(r#"<meta name="koyo-base" content="/admin/jobs/">"#), "{html}");
+        assert!(html.contains(&format!(r#"<meta name="koyo-csrf" content="{TOKEN}">"#)));
+        assert!(html.contains(r#"<meta name="koyo-read-only" content="false">"#));
+        assert!(html.contains("/admin/jobs/assets/app.js"));
+        assert!(!html.contains("{{"), "a placeholder was left: {html}");
+        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        assert!(header("content-security-policy").unwrap().contains("script-src 'self'"));
+        assert_eq!(header("x-frame-options").as_deref(), Some("DENY"));
+        assert_eq!(header("cache-control").as_deref(), Some("no-store"));
+    }
+    let (status, js, headers) = f.call(Method::GET, "/admin/jobs/assets/app.js", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !js.is_empty()
+            && headers.iter().any(|(k, v)| k == "content-type" && v.starts_with("text/javascript"))
+    );
+    let (status, css, _) = f.call(Method::GET, "/admin/jobs/assets/app.css", &[]).await;
+    assert_eq!((status, css.is_empty()), (StatusCode::OK, false));
+
+    let (status, body) = f.get("/admin/jobs/api/nothing-here").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error_of(&body).contains("no such"));
+}
+
+#[tokio::test]
+async fn queues_and_jobs_list_with_filters_and_cursor_paging() {
+    let f = Fixture::new().await;
+    let ids: Vec<i64> = futures_ids(&f, 5).await;
+    let failed = f.job_in("reports", "failed", None).await;
+
+    let (status, body) = f.get("/admin/jobs/api/queues").await;
+    assert_eq!(status, StatusCode::OK);
+    let queues = body["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 2);
+    assert_eq!((queues[0]["queue"].as_str(), queues[0]["ready"].as_i64()), (Some("mail"), Some(5)));
+    assert!(queues[0]["lag_secs"].as_f64().unwrap() >= 0.0);
+    assert_eq!((queues[1]["failed"].as_i64(), queues[1]["lag_secs"].is_null()), (Some(1), true));
+
+    // Newest first, two per page, three pages.
+    let (_, page1) = f.get("/admin/jobs/api/jobs?queue=mail&limit=2").await;
+    let listed = |page: &Value| {
+        page["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_i64().unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(listed(&page1), [ids[4], ids[3]]);
+    let next = page1["next_before"].as_i64().unwrap();
+    let (_, page2) = f.get(&format!("/admin/jobs/api/jobs?queue=mail&limit=2&before={next}")).await;
+    assert_eq!(listed(&page2), [ids[2], ids[1]]);
+    let next = page2["next_before"].as_i64().unwrap();
+    let (_, page3) = f.get(&format!("/admin/jobs/api/jobs?queue=mail&limit=2&before={next}")).await;
+    assert_eq!((listed(&page3), page3["next_before"].is_null()), (vec![ids[0]], true));
+    let first = &page1["jobs"][0];
+    assert_eq!((first["job"].as_str(), first["status"].as_str()), (Some("api::send_welcome"), Some("ready")));
+    assert!(first["scheduled_at"].as_str().unwrap().ends_with('Z'));
+
+    let (_, both) = f.get("/admin/jobs/api/jobs?state=failed,running").await;
+    assert_eq!(listed(&both), [failed]);
+    let (_, all) = f.get("/admin/jobs/api/jobs?queue=&state=").await;
+    assert_eq!(all["jobs"].as_array().unwrap().len(), 6);
+    assert_eq!(all["jobs"][0]["last_error"].as_str(), Some("boom"));
+}
+
+async fn futures_ids(f: &Fixture, n: i64) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(f.enqueue(i).await);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn bad_ids_and_filters_are_400_with_a_reason() {
+    let f = Fixture::new().await;
+    for (path, says) in [
+        ("/admin/jobs/api/jobs?state=ready,sleeping", "unknown state `sleeping`"),
+        ("/admin/jobs/api/jobs?queue=no%20spaces", "invalid queue name"),
+        ("/admin/jobs/api/jobs?limit=0", "limit must be"),
+        ("/admin/jobs/api/jobs?limit=many", "limit must be"),
+        ("/admin/jobs/api/jobs?before=0", "positive integers"),
+        ("/admin/jobs/api/jobs/abc", "positive integers"),
+        ("/admin/jobs/api/jobs/-1", "positive integers"),
+        ("/admin/jobs/api/jobs/99999999999999999999", "positive integers"),
+        ("/admin/jobs/api/activity?minutes=0", "minutes must be"),
+        ("/admin/jobs/api/activity?minutes=99999", "minutes must be"),
+    ] {
+        let (status, body) = f.get(path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(error_of(&body).contains(says), "{path}: {body}");
+    }
+    let (status, body) = f.get("/admin/jobs/api/jobs/424242").await;
+    assert_eq!((status, error_of(&body)), (StatusCode::NOT_FOUND, "no job with id 424242"));
+    for (method, path) in [
+        (Method::POST, "/admin/jobs/api/jobs/424242/retry"),
+        (Method::POST, "/admin/jobs/api/jobs/424242/cancel"),
+        (Method::DELETE, "/admin/jobs/api/jobs/424242"),
+    ] {
+        let (status, _) = f.post(method, path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let (status, body) = f.post(Method::POST, "/admin/jobs/api/jobs/x1/retry").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn a_job_shows_its_decoded_arguments_and_the_actions_its_state_allows() {
+    let f = Fixture::new().await;
+    let id = f.enqueue(42).await;
+    let (status, job) = f.get(&format!("/admin/jobs/api/jobs/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(job["args"]["display"].as_str(), Some(r#"user_id: 42, email: "u42@example.com""#));
+    assert!(job["args"]["bytes"].as_u64().unwrap() > 0);
+    assert_eq!((job["status"].as_str(), job["max_attempts"].as_i64()), (Some("ready"), Some(3)));
+    assert_eq!(job["actions"], serde_json::json!({"retry": false, "cancel": true, "delete": true}));
+    assert!(job["created_at"].as_str().unwrap().ends_with('Z') && job["started_at"].is_null());
+
+    // A job this program does not define: shown without its arguments, and says why.
+    let raw = f.job_in("other", "failed", None).await;
+    let (_, job) = f.get(&format!("/admin/jobs/api/jobs/{raw}")).await;
+    assert!(job["args"]["display"].is_null());
+    assert!(job["args"]["note"].as_str().unwrap().contains("does not define the job"), "{job}");
+    assert_eq!(job["last_error"].as_str(), Some("boom"));
+    assert_eq!(job["actions"], serde_json::json!({"retry": true, "cancel": true, "delete": true}));
+}
+
+#[tokio::test]
+async fn actions_follow_the_state_rules() {
+    let f = Fixture::new().await;
+    let live = f.worker(1.0, 30.0).await;
+    let lost = f.worker(10.0, 2.0).await;
+    let failed = f.job_in("mail", "failed", None).await;
+    let done = f.job_in("mail", "done", None).await;
+    let running_live = f.job_in("mail", "running", Some(live)).await;
+    let running_lost = f.job_in("mail", "running", Some(lost)).await;
+    let ready = f.job_in("mail", "ready", None).await;
+
+    let (status, job) = f.post(Method::POST, &format!("/admin/jobs/api/jobs/{failed}/retry")).await;
+    assert_eq!((status, job["status"].as_str()), (StatusCode::OK, Some("ready")), "{job}");
+    assert_eq!(f.status_of(failed).await.as_deref(), Some("ready"));
+
+    let (status, body) = f.post(Method::POST, &format!("/admin/jobs/api/jobs/{done}/retry")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(error_of(&body).contains("it succeeded"), "{body}");
+    let (status, body) = f.post(Method::POST, &format!("/admin/jobs/api/jobs/{done}/cancel")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // Never a job a live worker runs; a lost worker's job, yes.
+    let (_, job) = f.get(&format!("/admin/jobs/api/jobs/{running_live}")).await;
+    assert_eq!(job["actions"], serde_json::json!({"retry": false, "cancel": false, "delete": false}));
+    for (method, path) in [
+        (Method::POST, format!("/admin/jobs/api/jobs/{running_live}/retry")),
+        (Method::POST, format!("/admin/jobs/api/jobs/{running_live}/cancel")),
+        (Method::DELETE, format!("/admin/jobs/api/jobs/{running_live}")),
+    ] {
+        let (status, body) = f.post(method, &path).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{path}");
+        assert!(error_of(&body).contains("a live worker is running it"), "{body}");
+    }
+    assert_eq!(f.status_of(running_live).await.as_deref(), Some("running"));
+    let (_, job) = f.get(&format!("/admin/jobs/api/jobs/{running_lost}")).await;
+    assert_eq!(job["actions"], serde_json::json!({"retry": true, "cancel": true, "delete": true}));
+    let (status, job) = f.post(Method::POST, &format!("/admin/jobs/api/jobs/{running_lost}/cancel")).await;
+    assert_eq!((status, job["status"].as_str()), (StatusCode::OK, Some("cancelled")));
+
+    let (status, body) = f.post(Method::DELETE, &format!("/admin/jobs/api/jobs/{ready}")).await;
+    assert_eq!((status, body["deleted"].as_i64()), (StatusCode::OK, Some(ready)));
+    assert_eq!(f.status_of(ready).await, None);
+}
+
+#[tokio::test]
+async fn changes_need_the_token_and_a_same_site_request() {
+    let f = Fixture::new().await;
+    let failed = f.job_in("mail", "failed", None).await;
+    let path = format!("/admin/jobs/api/jobs/{failed}/retry");
+    for headers in [
+        &[][..],
+        &[("x-koyo-csrf", "wrong-token-0123456789")],
+        &[("x-koyo-csrf", TOKEN), ("sec-fetch-site", "cross-site")],
+        &[("x-koyo-csrf", TOKEN), ("origin", "http://evil.example"), ("host", "127.0.0.1")],
+    ] {
+        let (status, body, _) = f.call(Method::POST, &path, headers).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}: {body}");
+    }
+    assert_eq!(f.status_of(failed).await.as_deref(), Some("failed"));
+    // A GET never changes anything.
+    let (status, _, _) = f.call(Method::GET, &path, &[]).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    let (_, token) = f.get("/admin/jobs/api/csrf").await;
+    assert_eq!(token["token"].as_str(), Some(TOKEN));
+    let (status, _, _) =
+        f.call(Method::POST, &path, &[("x-koyo-csrf", TOKEN), ("sec-fetch-site", "same-origin")]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_read_only_router_shows_but_refuses_changes() {
+    let f = Fixture::with(|admin| admin.read_only(true)).await;
+    let failed = f.job_in("mail", "failed", None).await;
+    let (_, html, _) = f.call(Method::GET, "/admin/jobs", &[]).await;
+    assert!(html.contains(r#"<meta name="koyo-read-only" content="true">"#));
+    let (_, job) = f.get(&format!("/admin/jobs/api/jobs/{failed}")).await;
+    assert_eq!(job["actions"], serde_json::json!({"retry": false, "cancel": false, "delete": false}));
+    let (status, body) = f.post(Method::POST, &format!("/admin/jobs/api/jobs/{failed}/retry")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(error_of(&body).contains("read-only"));
+    assert_eq!(f.status_of(failed).await.as_deref(), Some("failed"));
+}
+
+#[tokio::test]
+async fn workers_list_heartbeat_lease_and_jobs_in_flight() {
+    let f = Fixture::new().await;
+    let live = f.worker(1.0, 30.0).await;
+    let lost = f.worker(10.0, 2.0).await;
+    f.job_in("mail", "running", Some(live)).await;
+    f.job_in("mail", "running", Some(live)).await;
+    let (status, body) = f.get("/admin/jobs/api/workers").await;
+    assert_eq!(status, StatusCode::OK);
+    let workers = body["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    let w = &workers[0];
+    assert_eq!(
+        (w["id"].as_i64(), w["live"].as_bool(), w["running"].as_i64()),
+        (Some(live), Some(true), Some(2))
+    );
+    assert_eq!(
+        (w["hostname"].as_str(), w["pid"].as_i64(), w["pool_size"].as_i64()),
+        (Some("host-a"), Some(4242), Some(8))
+    );
+    assert_eq!(w["queues"], serde_json::json!(["mail"]));
+    assert!((0.5..5.0).contains(&w["heartbeat_age_secs"].as_f64().unwrap()));
+    assert_eq!((workers[1]["id"].as_i64(), workers[1]["live"].as_bool()), (Some(lost), Some(false)));
+}
+
+#[tokio::test]
+async fn activity_counts_finished_jobs_per_minute_and_the_backlog() {
+    let f = Fixture::new().await;
+    // The rows are placed by the minute of the database's clock: stay clear of a minute's end, so
+    // that the window read below starts where it did when they were stored.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let rows = f
+            .broker
+            .client()
+            .await
+            .unwrap()
+            .query("SELECT EXTRACT(SECOND FROM now())::float8", &[])
+            .await
+            .unwrap();
+        if rows[0].get::<_, f64>(0) < 55.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the clock did not pass a minute's end");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // In the queue "mail": 3 done and 1 failed 10 minutes ago; 2 ready jobs due 30 minutes ago
+    // and one due 5 minutes ago, none started; a job that waited from 20 to 15 minutes ago.
+    f.sql(
+        "INSERT INTO koyo_jobs (queue, job, args, status, attempts, scheduled_at, started_at, finished_at)
+         SELECT 'mail', 'tests.raw', '\\x00', s, 1, now() - interval '11 minutes', now() - interval '10 minutes',
+                date_trunc('minute', now()) - interval '10 minutes' + interval '5 seconds'
+         FROM unnest(ARRAY['done', 'done', 'done', 'failed']) AS s;
+         INSERT INTO koyo_jobs (queue, job, args, status, scheduled_at)
+         VALUES ('mail', 'tests.raw', '\\x00', 'ready', now() - interval '30 minutes'),
+                ('mail', 'tests.raw', '\\x00', 'ready', now() - interval '30 minutes'),
+                ('mail', 'tests.raw', '\\x00', 'ready', now() - interval '5 minutes');
+         INSERT INTO koyo_jobs (queue, job, args, status, attempts, scheduled_at, started_at, finished_at)
+         VALUES ('mail', 'tests.raw', '\\x00', 'done', 1, date_trunc('minute', now()) - interval '20 minutes',
+                 date_trunc('minute', now()) - interval '15 minutes' + interval '1 second',
+                 date_trunc('minute', now()) - interval '15 minutes' + interval '2 seconds');",
+    )
+    .await;
+    let (status, body) = f.get("/admin/jobs/api/activity").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["buckets"].as_u64(), body["step_secs"].as_u64()), (Some(60), Some(60)));
+    assert!(body["start"].as_str().unwrap().ends_with(":00.000Z"));
+    let mail = &body["queues"][0];
+    assert_eq!(mail["queue"].as_str(), Some("mail"));
+    let series =
+        |name: &str| mail[name].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect::<Vec<_>>();
+    let (completed, failed, backlog) = (series("completed"), series("failed"), series("backlog"));
+    assert_eq!(completed.len(), 60);
+    // Bucket 59 is the current minute; "10 minutes ago (truncated) + 5 s" is bucket 49.
+    assert_eq!((completed[49], failed[49]), (3, 1));
+    assert_eq!(completed.iter().sum::<i64>(), 4, "{completed:?}");
+    assert_eq!(completed[44], 1, "{completed:?}");
+    // Two jobs waiting all along (from before the window if the clock is near a minute's end),
+    // one more from 5 minutes ago, and the one that waited 20 → 15 minutes ago.
+    assert_eq!(backlog[59], 3, "{backlog:?}");
+    assert_eq!(backlog[40], 3, "{backlog:?}");
+    assert_eq!(backlog[50], 2, "{backlog:?}");
+}
