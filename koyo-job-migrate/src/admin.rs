@@ -652,7 +652,8 @@ pub async fn activity(client: &Client, minutes: u32) -> Result<Activity, AdminEr
     let mut queues: Vec<QueueActivity> = Vec::new();
     for row in &rows {
         start = row.get(0);
-        let (Some(queue), Some(bucket)) = (row.get::<_, Option<String>>(1), row.get::<_, Option<i32>>(2)) else {
+        let (Some(queue), Some(bucket)) = (row.get::<_, Option<String>>(1), row.get::<_, Option<i32>>(2))
+        else {
             continue;
         };
         if queues.last().is_none_or(|q| q.queue != queue) {

@@ -66,7 +66,11 @@ impl fmt::Display for Migration {
 /// Every migration this build knows, in the order they apply.
 pub static MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "jobs", sql: include_str!("../migrations/001_jobs.up.sql") },
-    Migration { version: 2, name: "worker_lease", sql: include_str!("../migrations/002_worker_lease.up.sql") },
+    Migration {
+        version: 2,
+        name: "worker_lease",
+        sql: include_str!("../migrations/002_worker_lease.up.sql"),
+    },
 ];
 
 /// The key of the transaction-level advisory lock that serialises migrations ("koyo_job" in

@@ -190,7 +190,9 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
 
     let mut positional = positional.into_iter();
     let Some(name) = positional.next() else {
-        return Err(usage("no command given: one of queues, jobs, show, retry, cancel, delete, prune, workers"));
+        return Err(usage(
+            "no command given: one of queues, jobs, show, retry, cancel, delete, prune, workers",
+        ));
     };
     let allowed: &[&str] = match name.as_str() {
         "jobs" => &["--queue", "--state", "--limit", "--before"],
@@ -507,7 +509,12 @@ async fn apply(client: &Client, json: bool, id: i64, action: Action) -> Result<S
     })
 }
 
-async fn prune(client: &Client, json: bool, older_than_secs: u64, states: &[String]) -> Result<String, CliError> {
+async fn prune(
+    client: &Client,
+    json: bool,
+    older_than_secs: u64,
+    states: &[String],
+) -> Result<String, CliError> {
     let deleted = admin::prune(client, states, older_than_secs as f64).await?;
     if json {
         return Ok(format!("{}\n", out::object(&[("deleted", deleted.to_string())])));
