@@ -12,6 +12,8 @@ use std::time::Duration;
 use koyo_job::testing::TestDatabase;
 use koyo_job::{Broker, BrokerOptions, JobId, Worker, WorkerBuilder};
 
+pub mod browser;
+
 /// One test's world: its own database, a broker on it, and the key its jobs use.
 pub struct Env {
     pub broker: Broker,

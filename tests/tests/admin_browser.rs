@@ -1,0 +1,428 @@
+//! The admin page (koyo-job-web) in a real browser: headless Chromium driven over the DevTools
+//! protocol (`koyo_job_tests::browser`) against the router served on a local port, on a fresh
+//! database per test.
+//!
+//! Without Chromium these tests print "skipped" and pass, unless `KOYO_REQUIRE_BROWSER` is set
+//! (CI sets it), in which case they fail and say what to install.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use koyo_job::{Broker, JobId, define_job, schedule_in};
+use koyo_job_tests::browser::{Browser, browser_or_skip};
+use koyo_job_tests::{Env, env, poll_until};
+use serde_json::{Value, json};
+
+/// How long the page may take to show a change (it refreshes every 2 s).
+const UI: Duration = Duration::from_secs(10);
+/// How long a worker may take to finish the test's jobs.
+const RUN: Duration = Duration::from_secs(15);
+
+const DECLINED: &str = "the card was declined: insufficient funds (on purpose)";
+
+#[define_job(queue = "mail")]
+async fn send_welcome(user_id: i64, email: String) {
+    let _ = (user_id, email);
+}
+
+#[define_job(queue = "billing", max_attempts = 1)]
+async fn charge_card(order_id: i64, customer: String, amount_cents: i64) -> Result<(), String> {
+    let _ = (order_id, customer, amount_cents);
+    Err(DECLINED.to_owned())
+}
+
+#[define_job(queue = "search")]
+async fn rebuild_index(shard: i32, full: bool) {
+    let _ = (shard, full);
+}
+
+/// Lets the screenshot's running webhook jobs finish.
+static WEBHOOKS_RELEASED: AtomicBool = AtomicBool::new(false);
+
+/// Runs until the screenshot test releases it (it keeps the live worker busy meanwhile).
+#[define_job(queue = "webhooks", max_attempts = 5)]
+async fn deliver_webhook(endpoint: String, event: String) {
+    let _ = (endpoint, event);
+    while !WEBHOOKS_RELEASED.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How the test application mounts the admin router.
+#[derive(Clone, Copy)]
+enum Mount {
+    /// `Router::new().nest("/admin/jobs", Admin::new(..).router())`. With axum 0.8 this routes
+    /// `/admin/jobs` only: `/admin/jobs/` is a 404 of the outer router.
+    Nest,
+    /// `Admin::new(..).mount("/admin/jobs")`: the page at `/admin/jobs`, and `/admin/jobs/`
+    /// redirecting there.
+    Mount,
+}
+
+/// Serves the admin router under `/admin/jobs` on a free local port; returns the page's URL
+/// (with the trailing slash when `how` serves that too).
+async fn serve_admin(broker: &Broker, how: Mount) -> String {
+    let admin = koyo_job_web::Admin::new(broker.clone());
+    let app = match how {
+        Mount::Nest => axum::Router::new().nest("/admin/jobs", admin.router()),
+        Mount::Mount => axum::Router::new().merge(admin.mount("/admin/jobs")),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a local port");
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("the admin server") });
+    match how {
+        Mount::Nest => format!("http://127.0.0.1:{port}/admin/jobs"),
+        Mount::Mount => format!("http://127.0.0.1:{port}/admin/jobs/"),
+    }
+}
+
+/// Checks what the server filled into the page's meta tags.
+fn assert_page_config(browser: &Browser) {
+    let config = browser
+        .eval(
+            "['koyo-base', 'koyo-csrf', 'koyo-read-only']
+                .map(n => document.querySelector(`meta[name=${n}]`)?.content ?? null)",
+        )
+        .unwrap();
+    assert_eq!(config[0], json!("/admin/jobs/"), "the mount point with its trailing slash: {config}");
+    let token = config[1].as_str().unwrap_or_default();
+    assert!(token.len() >= 16 && !token.contains("{{"), "a CSRF token: {config}");
+    assert_eq!(config[2], json!("false"), "{config}");
+}
+
+/// `s` as a JavaScript string literal.
+fn js(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+/// JavaScript for the trimmed text of the first element matching `selector`, or null.
+fn text_of(selector: &str) -> String {
+    format!("(document.querySelector({})?.textContent.trim() ?? null)", js(selector))
+}
+
+/// Waits until the text of `selector` is exactly `want`.
+fn wait_for_text(browser: &Browser, selector: &str, want: &str) {
+    let expr = format!("{} === {}", text_of(selector), js(want));
+    browser.wait_for(&expr, UI).unwrap_or_else(|e| panic!("{selector} never read {want:?}: {e}"));
+}
+
+/// The job list's row of job `id`.
+fn row(id: JobId) -> String {
+    format!("#jobs tbody tr[data-job-id=\"{id}\"]")
+}
+
+/// The six states, in the order the counts are compared.
+const STATES: [&str; 6] = ["scheduled", "ready", "running", "done", "failed", "cancelled"];
+
+/// JavaScript for the counts the queue table shows for `queue`, as one line
+/// `scheduled=0 ready=1 …` (null without a row).
+fn queue_counts_js(queue: &str) -> String {
+    format!(
+        "(() => {{ const tr = document.querySelector({}); if (!tr) return null; \
+         return {}.map(s => s + '=' + (tr.querySelector('td[data-state=' + s + ']')?.textContent.trim() ?? '?')).join(' '); }})()",
+        js(&format!("#queues tbody tr[data-queue=\"{queue}\"]")),
+        serde_json::to_string(&STATES).unwrap()
+    )
+}
+
+/// Waits until the queue table's row of `queue` shows the counts `nonzero`, and 0 for the
+/// other states.
+fn wait_for_queue_counts(browser: &Browser, queue: &str, nonzero: &[(&str, i64)]) {
+    let count = |state: &str| nonzero.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
+    let want: Vec<String> = STATES.iter().map(|s| format!("{s}={}", count(s))).collect();
+    let want = want.join(" ");
+    let expr = format!("{} === {}", queue_counts_js(queue), js(&want));
+    if let Err(e) = browser.wait_for(&expr, UI) {
+        let shown = browser.eval(&queue_counts_js(queue));
+        panic!("the queue row of {queue} never showed {want}; it shows {shown:?}\n{e}");
+    }
+}
+
+fn assert_no_page_errors(browser: &Browser) {
+    let errors = browser.errors();
+    assert!(errors.is_empty(), "the page reported errors:\n{}", errors.join("\n"));
+}
+
+/// One job done (mail), one failed (billing, its only attempt) and one ready in a queue no
+/// worker serves (search); returns (done, failed, ready).
+async fn three_jobs(env: &Env) -> (JobId, JobId, JobId) {
+    let done = send_welcome(42, "ada@example.com".into()).enqueue_on(&env.broker).await.unwrap();
+    let failed = charge_card(4217, "grace@example.com".into(), 1999).enqueue_on(&env.broker).await.unwrap();
+    let worker = env.worker().queues(["mail", "billing"]).start().await.unwrap();
+    env.wait_for_status(done, "done", RUN).await;
+    let row = env.wait_for_status(failed, "failed", RUN).await;
+    assert_eq!((row.attempts, row.max_attempts), (1, 1));
+    worker.shutdown().await;
+    let ready = rebuild_index(3, true).enqueue_on(&env.broker).await.unwrap();
+    (done, failed, ready)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_a_failed_job_from_its_detail() {
+    let Some(browser) = browser_or_skip("retry_a_failed_job_from_its_detail") else { return };
+    let env = env().await;
+    let (done, failed, ready) = three_jobs(&env).await;
+    let base = serve_admin(&env.broker, Mount::Nest).await;
+
+    browser.goto(&base).unwrap();
+    assert_page_config(&browser);
+    wait_for_text(&browser, &format!("{} [data-col=status]", row(ready)), "ready");
+    wait_for_text(&browser, &format!("{} [data-col=status]", row(done)), "done");
+    wait_for_text(&browser, &format!("{} [data-col=status]", row(failed)), "failed");
+    wait_for_queue_counts(&browser, "mail", &[("done", 1)]);
+    wait_for_queue_counts(&browser, "billing", &[("failed", 1)]);
+    wait_for_queue_counts(&browser, "search", &[("ready", 1)]);
+
+    // The failed job's detail: state, error, decoded arguments.
+    browser.click(&format!("{} [data-col=job]", row(failed))).unwrap();
+    browser
+        .wait_for(
+            &format!(
+                "(() => {{ const d = document.querySelector('#job-detail'); \
+                 return d && !d.hidden && d.getAttribute('data-job-id') === '{failed}'; }})()"
+            ),
+            UI,
+        )
+        .unwrap_or_else(|e| panic!("the detail of job {failed} did not open: {e}"));
+    wait_for_text(&browser, "#detail-status", "failed");
+    browser
+        .wait_for(&format!("{}?.includes({})", text_of("#detail-error pre"), js(DECLINED)), UI)
+        .unwrap_or_else(|e| panic!("#detail-error never showed the job's error in a <pre>: {e}"));
+    let args = browser.eval(&text_of("#detail-args pre")).unwrap();
+    let args =
+        args.as_str().unwrap_or_else(|| panic!("#detail-args holds no <pre> with the arguments: {args}"));
+    // The arguments as the job's definition prints them (its parameters' names and `Debug`).
+    assert_eq!(args, r#"order_id: 4217, customer: "grace@example.com", amount_cents: 1999"#, "#detail-args");
+    assert_eq!(
+        browser.eval("document.querySelector('#retry')?.hidden").unwrap(),
+        json!(false),
+        "a failed job offers retry"
+    );
+
+    // Retry: no worker serves billing, so the job stays ready.
+    browser.click("#retry").unwrap();
+    wait_for_text(&browser, "#detail-status", "ready");
+    wait_for_text(&browser, &format!("{} [data-col=status]", row(failed)), "ready");
+    let row_after = env.job(failed).await;
+    assert_eq!(row_after.status, "ready", "the database should say ready after a retry: {row_after:?}");
+    wait_for_queue_counts(&browser, "billing", &[("ready", 1)]);
+    browser
+        .wait_for("document.querySelector('#retry')?.hidden === true", UI)
+        .unwrap_or_else(|e| panic!("a ready job should not offer retry: {e}"));
+    assert_eq!(
+        browser.eval("document.querySelector('#status-line').hasAttribute('data-error')").unwrap(),
+        json!(false)
+    );
+    assert_no_page_errors(&browser);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_a_job_from_its_url_and_refuses_posts_without_the_csrf_token() {
+    let Some(browser) = browser_or_skip("opens_a_job_from_its_url_and_refuses_posts_without_the_csrf_token")
+    else {
+        return;
+    };
+    let env = env().await;
+    let (_, failed, ready) = three_jobs(&env).await;
+    // `mount` serves the page at `/admin/jobs`, and `/admin/jobs/` redirects there.
+    let base = serve_admin(&env.broker, Mount::Mount).await;
+    browser.goto(&base).unwrap();
+    assert_page_config(&browser);
+    wait_for_text(&browser, &format!("{} [data-col=status]", row(ready)), "ready");
+
+    // A link to a job opens its detail on load (the fragment survives the redirect).
+    browser.goto("about:blank").unwrap();
+    browser.goto(&format!("{base}#job/{ready}")).unwrap();
+    browser
+        .wait_for(
+            &format!(
+                "(() => {{ const d = document.querySelector('#job-detail'); \
+                 return d && !d.hidden && d.getAttribute('data-job-id') === '{ready}'; }})()"
+            ),
+            UI,
+        )
+        .unwrap_or_else(|e| panic!("#job/{ready} did not open the job's detail: {e}"));
+    wait_for_text(&browser, "#detail-status", "ready");
+    browser
+        .wait_for(&format!("{}?.includes('3') && {0}?.includes('true')", text_of("#detail-args pre")), UI)
+        .unwrap_or_else(|e| panic!("#detail-args never showed rebuild_index(3, true): {e}"));
+
+    // Mutations need the page's token in `x-koyo-csrf`.
+    let token = browser.eval("document.querySelector('meta[name=koyo-csrf]').content").unwrap();
+    let token = token.as_str().expect("the page's CSRF token").to_owned();
+    assert!(!token.is_empty() && !token.contains("{{"), "the page's CSRF token is {token:?}");
+    let status = |path: &str, method: &str, header: Option<&str>| -> Value {
+        let headers = header.map_or_else(|| "{}".to_owned(), |h| format!("{{'x-koyo-csrf': {}}}", js(h)));
+        browser
+            .eval(&format!(
+                "fetch(document.querySelector('meta[name=koyo-base]').content + {}, \
+                 {{method: {}, headers: {headers}}}).then(async r => [r.status, await r.json()])",
+                js(path),
+                js(method)
+            ))
+            .unwrap()
+    };
+    for (path, method) in [
+        (format!("api/jobs/{failed}/retry"), "POST"),
+        (format!("api/jobs/{ready}/cancel"), "POST"),
+        (format!("api/jobs/{ready}"), "DELETE"),
+    ] {
+        for header in [None, Some("not-the-token")] {
+            let got = status(&path, method, header);
+            assert_eq!(got[0], json!(403), "{method} {path} with x-koyo-csrf {header:?}: {got}");
+            assert!(got[1]["error"].is_string(), "{method} {path}: the 403 should say why: {got}");
+        }
+    }
+    assert_eq!(env.job(failed).await.status, "failed", "a refused retry changed nothing");
+    assert_eq!(env.job(ready).await.status, "ready", "a refused cancel or delete changed nothing");
+
+    // With the token, the state rules decide: a ready job cannot be retried (409), a failed one can.
+    let got = status(&format!("api/jobs/{ready}/retry"), "POST", Some(&token));
+    assert_eq!(got[0], json!(409), "retrying a ready job: {got}");
+    let got = status(&format!("api/jobs/{failed}/retry"), "POST", Some(&token));
+    assert_eq!(got[0], json!(200), "retrying a failed job with the token: {got}");
+    assert_eq!(got[1]["status"], json!("ready"), "{got}");
+    assert_eq!(env.job(failed).await.status, "ready");
+
+    // The script endpoint hands out the same token.
+    let api_token = browser
+        .eval(
+            "fetch(document.querySelector('meta[name=koyo-base]').content + 'api/csrf').then(r => r.json())",
+        )
+        .unwrap();
+    assert_eq!(api_token["token"], json!(token));
+    assert_no_page_errors(&browser);
+}
+
+/// Where the screenshot goes: `$CARGO_TARGET_DIR`, else the workspace's `target/`.
+fn screenshot_path() -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from);
+    workspace.join(target).join("admin-screenshot.png")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screenshot_of_a_busy_admin_page() {
+    let Some(browser) = browser_or_skip("screenshot_of_a_busy_admin_page") else { return };
+    let env = env().await;
+
+    // The last hour's history: a few hundred jobs over four queues, stored as new jobs and
+    // then, in the same transaction (so no worker ever sees them), marked finished at times
+    // spread over the hour, some failed.
+    let mut client = env.broker.client().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..160_i64 {
+        ids.push(send_welcome(1000 + i, format!("user{i}@example.com")).enqueue_in(&tx).await.unwrap().0);
+    }
+    for i in 0..90_i64 {
+        let job = charge_card(5000 + i, format!("customer{}@example.com", i % 17), 500 + 137 * i);
+        ids.push(job.enqueue_in(&tx).await.unwrap().0);
+    }
+    for i in 0..110_i64 {
+        let job = deliver_webhook(format!("https://hooks.example.com/{}", i % 7), format!("order.paid#{i}"));
+        ids.push(job.enqueue_in(&tx).await.unwrap().0);
+    }
+    for i in 0..30 {
+        ids.push(rebuild_index(i % 8, i % 5 == 0).enqueue_in(&tx).await.unwrap().0);
+    }
+    tx.execute(
+        "WITH seeded AS (
+             SELECT id,
+                    -- more work lately: finish times lean towards now
+                    now() - interval '58 minutes' * power(random(), 1.4) - interval '20 seconds' AS finished,
+                    interval '1 millisecond' * (40 + 2500 * power(random(), 3)) AS took,
+                    interval '1 second' * (120 * power(random(), 4)) AS waited,
+                    random() < CASE queue WHEN 'billing' THEN 0.14 WHEN 'webhooks' THEN 0.07 ELSE 0.02 END
+                        AS fails
+             FROM koyo_jobs WHERE id = ANY($1)
+         )
+         UPDATE koyo_jobs j SET
+             status = CASE WHEN s.fails THEN 'failed' ELSE 'done' END,
+             attempts = CASE WHEN s.fails THEN j.max_attempts ELSE 1 END,
+             last_error = CASE WHEN s.fails THEN CASE j.queue
+                 WHEN 'billing' THEN 'the card was declined: insufficient funds (code 51)'
+                 WHEN 'webhooks' THEN 'POST https://hooks.example.com/: 503 Service Unavailable after 10 s'
+                 WHEN 'mail' THEN 'smtp: 421 4.7.0 too many connections from this address'
+                 ELSE 'shard is locked by another rebuild' END
+             END,
+             finished_at = s.finished,
+             started_at = s.finished - s.took,
+             scheduled_at = s.finished - s.took - s.waited,
+             created_at = s.finished - s.took - s.waited
+         FROM seeded s WHERE j.id = s.id",
+        &[&ids],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    drop(client);
+
+    // Now: a backlog on search (no worker), three scheduled mails, and a live worker busy
+    // with webhooks while more wait.
+    for shard in 0..9 {
+        rebuild_index(shard, false).enqueue_on(&env.broker).await.unwrap();
+    }
+    for i in 0..3_i64 {
+        let job = send_welcome(9000 + i, format!("later{i}@example.com"));
+        schedule_in(Duration::from_secs(600 + 300 * i as u64), job).enqueue_on(&env.broker).await.unwrap();
+    }
+    WEBHOOKS_RELEASED.store(false, Ordering::SeqCst);
+    let worker = env.worker().queue("webhooks").pool_size(3).start().await.unwrap();
+    for i in 0..14_i64 {
+        let job =
+            deliver_webhook(format!("https://hooks.example.com/{}", i % 3), format!("invoice.sent#{i}"));
+        job.enqueue_on(&env.broker).await.unwrap();
+    }
+    let running = "SELECT count(*) FROM koyo_jobs WHERE status = 'running'";
+    let busy =
+        poll_until(RUN, || async { (env.query(running, &[]).await[0].get::<_, i64>(0) == 3).then_some(()) });
+    if busy.await.is_none() {
+        let states = env
+            .query(
+                "SELECT queue || ' ' || status || ' ' || count(*) FROM koyo_jobs GROUP BY queue, status ORDER BY 1",
+                &[],
+            )
+            .await;
+        let states: Vec<String> = states.iter().map(|r| r.get(0)).collect();
+        panic!("the webhooks worker (pool 3) never ran 3 jobs at once within {RUN:?}; jobs: {states:?}");
+    }
+
+    let failed: i64 = env
+        .query(
+            "SELECT id FROM koyo_jobs WHERE status = 'failed' AND queue = 'billing' ORDER BY finished_at DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .first()
+        .expect("the seeding failed at least one billing job")
+        .get(0);
+    let base = serve_admin(&env.broker, Mount::Nest).await;
+    browser.goto(&format!("{base}#job/{failed}")).unwrap();
+    wait_for_text(&browser, "#detail-status", "failed");
+    browser
+        .wait_for(
+            "document.querySelectorAll('#queues tbody tr[data-queue]').length === 4 \
+             && document.querySelectorAll('#charts figure[data-queue] svg').length === 4 \
+             && document.querySelectorAll('#workers tbody tr[data-worker-id]').length === 1 \
+             && document.querySelectorAll('#jobs tbody tr[data-job-id]').length >= 20 \
+             && document.querySelector('#detail-args pre') !== null",
+            UI,
+        )
+        .unwrap_or_else(|e| panic!("the busy page did not fill in: {e}"));
+    let path = screenshot_path();
+    browser.screenshot_png(&path, 1000.0).unwrap();
+    let png = std::fs::read(&path).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "{}: {} bytes",
+        path.display(),
+        png.len()
+    );
+    eprintln!("screenshot: {}", path.canonicalize().unwrap_or(path).display());
+    assert_no_page_errors(&browser);
+
+    WEBHOOKS_RELEASED.store(true, Ordering::SeqCst);
+    worker.shutdown().await;
+}
