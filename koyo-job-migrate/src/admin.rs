@@ -594,51 +594,44 @@ pub struct QueueActivity {
     pub backlog: Vec<i64>,
 }
 
-/// One statement: the rows that can have been waiting or finished within the window — every
-/// ready or running job, due scheduled jobs, and jobs finished since the window began (an
-/// index range of `koyo_jobs_finished`) — each turned into its minute buckets: the minute it
-/// finished, and +1 to the backlog from the minute it fell due, −1 from the minute it started
-/// (or finished unstarted). Rust adds the deltas up. Each job is read once, so the cost grows
-/// with the backlog and the hour's throughput, not with the table.
+/// One statement over the rows that can have been waiting or finished within the window, each
+/// branch an index range: jobs finished since the window began (`koyo_jobs_finished`), running
+/// jobs, ready jobs and due scheduled ones. Each row is reduced to its minute buckets — when it
+/// fell due, when it started (or finished unstarted), when it finished — and counted per
+/// distinct combination, so a few hundred groups come back however many rows were read; Rust
+/// turns them into series. The cost grows with the backlog and the window's throughput (about a
+/// second per million jobs on one core), not with the rows retention keeps from before.
 ///
 /// A job retried within the window counts once, from its latest due time; rows deleted by
 /// retention (or completed with zero retention) are not counted.
 ///
-/// Params: minutes. Columns: start (text), queue, bucket, completed, failed, backlog delta.
+/// Params: minutes. Columns: start (text), queue, status, due, gone, finished (bucket indexes,
+/// the last two nullable), count.
 const ACTIVITY: &str = concat!(
     "
-WITH win AS (
+WITH win AS MATERIALIZED (
     SELECT date_trunc('minute', now()) - make_interval(mins => $1::int - 1) AS start
-), spans AS (
-    SELECT j.queue, j.status,
-           floor(EXTRACT(EPOCH FROM j.scheduled_at - win.start) / 60)::int AS due,
-           CASE WHEN j.status IN ('ready', 'scheduled') THEN NULL
-                ELSE floor(EXTRACT(EPOCH FROM coalesce(j.started_at, j.finished_at) - win.start) / 60)::int
-           END AS gone,
-           floor(EXTRACT(EPOCH FROM j.finished_at - win.start) / 60)::int AS finished
-    FROM koyo_jobs AS j, win
-    WHERE (j.status IN ('done', 'failed', 'cancelled') AND j.finished_at >= win.start)
-       OR j.status IN ('ready', 'running')
-       OR (j.status = 'scheduled' AND j.scheduled_at <= now())
-), events AS (
-    SELECT queue, finished AS bucket, (status = 'done')::int AS completed, (status = 'failed')::int AS failed,
-           0 AS delta
-    FROM spans WHERE status IN ('done', 'failed') AND finished >= 0
+), recent AS (
+    SELECT j.queue, j.status, j.scheduled_at, coalesce(j.started_at, j.finished_at) AS gone, j.finished_at
+    FROM koyo_jobs AS j
+    WHERE j.status IN ('done', 'failed', 'cancelled') AND j.finished_at >= (SELECT start FROM win)
     UNION ALL
-    SELECT queue, GREATEST(due, 0), 0, 0, 1 FROM spans WHERE gone IS NULL OR gone > GREATEST(due, 0)
+    SELECT j.queue, j.status, j.scheduled_at, j.started_at, NULL FROM koyo_jobs AS j WHERE j.status = 'running'
     UNION ALL
-    SELECT queue, gone, 0, 0, -1 FROM spans WHERE gone IS NOT NULL AND gone > GREATEST(due, 0)
+    SELECT j.queue, j.status, j.scheduled_at, NULL, NULL FROM koyo_jobs AS j WHERE j.status = 'ready'
+    UNION ALL
+    SELECT j.queue, j.status, j.scheduled_at, NULL, NULL FROM koyo_jobs AS j
+    WHERE j.status = 'scheduled' AND j.scheduled_at <= now()
 )
 SELECT ",
-    utc!("(SELECT start FROM win)"),
-    ", e.queue, e.bucket, sum(e.completed)::int8, sum(e.failed)::int8, sum(e.delta)::int8
-FROM events AS e
-GROUP BY e.queue, e.bucket
-UNION ALL
--- One row even when nothing happened, so the window's start is always returned.
-SELECT ",
-    utc!("(SELECT start FROM win)"),
-    ", NULL, NULL, 0, 0, 0
+    utc!("w.start"),
+    ", r.queue, r.status,
+       floor(date_part('epoch', r.scheduled_at - w.start) / 60)::int,
+       floor(date_part('epoch', r.gone - w.start) / 60)::int,
+       floor(date_part('epoch', r.finished_at - w.start) / 60)::int,
+       count(*)
+FROM win AS w LEFT JOIN recent AS r ON true
+GROUP BY 1, 2, 3, 4, 5, 6
 ORDER BY 2, 3"
 );
 
@@ -652,10 +645,11 @@ pub async fn activity(client: &Client, minutes: u32) -> Result<Activity, AdminEr
     let mut queues: Vec<QueueActivity> = Vec::new();
     for row in &rows {
         start = row.get(0);
-        let (Some(queue), Some(bucket)) = (row.get::<_, Option<String>>(1), row.get::<_, Option<i32>>(2))
-        else {
-            continue;
-        };
+        // The LEFT JOIN returns one row of NULLs when nothing happened, for the start alone.
+        let Some(queue) = row.get::<_, Option<String>>(1) else { continue };
+        let status: String = row.get(2);
+        let (due, gone, finished): (i32, Option<i32>, Option<i32>) = (row.get(3), row.get(4), row.get(5));
+        let count: i64 = row.get(6);
         if queues.last().is_none_or(|q| q.queue != queue) {
             queues.push(QueueActivity {
                 queue,
@@ -665,11 +659,23 @@ pub async fn activity(client: &Client, minutes: u32) -> Result<Activity, AdminEr
             });
         }
         let series = queues.last_mut().expect("pushed above");
-        let Some(i) = usize::try_from(bucket).ok().filter(|i| *i < buckets) else { continue };
-        series.completed[i] += row.get::<_, i64>(3);
-        series.failed[i] += row.get::<_, i64>(4);
-        // Deltas now, running sums below.
-        series.backlog[i] += row.get::<_, i64>(5);
+        let bucket = |i: Option<i32>| i.and_then(|i| usize::try_from(i).ok()).filter(|i| *i < buckets);
+        match (status.as_str(), bucket(finished)) {
+            ("done", Some(i)) => series.completed[i] += count,
+            ("failed", Some(i)) => series.failed[i] += count,
+            _ => {}
+        }
+        // Waiting from the minute it fell due (or the window's start) until the minute it
+        // started: +count then −count, added up below.
+        let from = due.max(0);
+        if gone.is_none_or(|gone| gone > from) {
+            if let Some(i) = bucket(Some(from)) {
+                series.backlog[i] += count;
+            }
+            if let Some(i) = bucket(gone) {
+                series.backlog[i] -= count;
+            }
+        }
     }
     for series in &mut queues {
         let mut level = 0;

@@ -4,9 +4,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, Query, State as Extract};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use koyo_job::admin::{self, Action, AdminError, JobFilter};
@@ -362,7 +364,7 @@ pub(crate) async fn workers(Extract(state): Shared) -> ApiResult<WorkersBody> {
 }
 
 #[derive(Serialize)]
-pub(crate) struct ActivityBody {
+struct ActivityBody {
     start: String,
     step_secs: u32,
     buckets: usize,
@@ -377,7 +379,14 @@ struct QueueActivityJson {
     backlog: Vec<i64>,
 }
 
-pub(crate) async fn activity(Extract(state): Shared, Query(params): Params) -> ApiResult<ActivityBody> {
+/// How long one computation of the charts serves every viewer: their query reads every job of
+/// the window, so its cost must not grow with the number of open pages.
+const ACTIVITY_TTL: Duration = Duration::from_secs(10);
+
+/// The charts' last answer: when, for how many minutes, and the JSON.
+pub(crate) type ActivityCache = tokio::sync::Mutex<Option<(Instant, u32, String)>>;
+
+pub(crate) async fn activity(Extract(state): Shared, Query(params): Params) -> Result<Response, ApiError> {
     let minutes = match params.get("minutes").map(String::as_str).filter(|m| !m.is_empty()) {
         None => 60,
         Some(raw) => raw.parse::<u32>().ok().filter(|m| (1..=1440).contains(m)).ok_or_else(|| {
@@ -387,18 +396,32 @@ pub(crate) async fn activity(Extract(state): Shared, Query(params): Params) -> A
             ))
         })?,
     };
-    let activity = with_client(&state, async |c| admin::activity(c, minutes).await).await?;
-    let queues = activity
-        .queues
-        .into_iter()
-        .map(|q| QueueActivityJson {
-            queue: q.queue,
-            completed: q.completed,
-            failed: q.failed,
-            backlog: q.backlog,
-        })
-        .collect();
-    Ok(Json(ActivityBody { start: activity.start, step_secs: 60, buckets: activity.buckets, queues }))
+    // Held across the query, so viewers arriving meanwhile wait for its answer instead of
+    // running their own.
+    let mut cache = state.activity.lock().await;
+    let fresh = cache.as_ref().filter(|(at, m, _)| *m == minutes && at.elapsed() < ACTIVITY_TTL);
+    let body = match fresh {
+        Some((_, _, body)) => body.clone(),
+        None => {
+            let activity = with_client(&state, async |c| admin::activity(c, minutes).await).await?;
+            let queues = activity
+                .queues
+                .into_iter()
+                .map(|q| QueueActivityJson {
+                    queue: q.queue,
+                    completed: q.completed,
+                    failed: q.failed,
+                    backlog: q.backlog,
+                })
+                .collect();
+            let body =
+                ActivityBody { start: activity.start, step_secs: 60, buckets: activity.buckets, queues };
+            let body = serde_json::to_string(&body).expect("plain data serializes");
+            *cache = Some((Instant::now(), minutes, body.clone()));
+            body
+        }
+    };
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[derive(Serialize)]

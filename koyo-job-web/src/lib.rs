@@ -132,6 +132,7 @@ impl Admin {
             broker: self.broker,
             read_only: self.read_only,
             query_timeout: self.query_timeout,
+            activity: api::ActivityCache::default(),
         });
         Router::new()
             .route("/", get(page::index))
@@ -157,4 +158,6 @@ struct State {
     read_only: bool,
     csrf: String,
     query_timeout: Duration,
+    /// The charts' last answer, shared by every viewer for a few seconds.
+    activity: api::ActivityCache,
 }
