@@ -16,6 +16,9 @@ usage: cargo run --release -p koyo-job-bench -- [flags]
   --latency-jobs N    jobs enqueued 5 ms apart for `latency` (default 500)
   --idle-secs S       length of the idle window (default 30)
   --pools P[,P…]      worker pool sizes for `drain` (default 1,16,64)
+  --prefetch F[,F…]   run each in-process pool_size >1 drain (and the zero-retention one) once
+                      per value of the worker's prefetch setting (a number, or `default`), runs
+                      alternating, side by side (default: the worker's default only)
   --processes P       worker processes (pool_size 16 each) for `drain`; 0 skips it (default 2)
   --no-raw            skip the raw drain bounds (rows then have no ratio; for quick comparisons)
   --repeat R          run each throughput measurement R times and keep the median (default 1)
@@ -37,6 +40,8 @@ pub struct Args {
     pub idle_secs: f64,
     pub repeat: usize,
     pub pools: Vec<usize>,
+    /// Prefetch settings to compare; `None` is the worker's default.
+    pub prefetch: Vec<Option<usize>>,
     pub processes: usize,
     pub no_raw: bool,
     pub only: Vec<String>,
@@ -69,6 +74,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Command, String> 
     let mut idle_secs = None;
     let mut repeat = 1;
     let mut pools = vec![1, 16, 64];
+    let mut prefetch = vec![None];
     let mut processes = 2;
     let mut no_raw = false;
     let mut only = Vec::new();
@@ -129,6 +135,23 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Command, String> 
                     .map(|p| number("--pools", p.to_owned()).map(|n| n as usize))
                     .collect::<Result<_, _>>()?;
             }
+            "--prefetch" => {
+                prefetch = value("--prefetch")?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| match p {
+                        "default" => Ok(None),
+                        _ => p
+                            .parse::<usize>()
+                            .map(Some)
+                            .map_err(|_| format!("--prefetch takes whole numbers or `default`, not {p:?}")),
+                    })
+                    .collect::<Result<_, _>>()?;
+                if prefetch.is_empty() {
+                    prefetch = vec![None];
+                }
+            }
             "--processes" => {
                 let text = value("--processes")?;
                 processes =
@@ -155,6 +178,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Command, String> 
         idle_secs: idle_secs.unwrap_or(if quick { 5.0 } else { 30.0 }),
         repeat,
         pools,
+        prefetch,
         processes,
         no_raw,
         only,

@@ -460,7 +460,7 @@ async fn bulk(ctx: &Ctx, report: &mut Report) -> Res<()> {
 /// koyo-job drains `n` jobs with one in-process worker of `pool_size`.
 async fn koyo_drain(ctx: &Ctx, n: u64, pool_size: usize) -> Res<Measured> {
     fill_ready(ctx, n).await?;
-    koyo_drain_filled(ctx, n, pool_size, Keep::Done).await
+    koyo_drain_filled(ctx, n, pool_size, Keep::Done, None).await
 }
 
 /// What a drain's worker does with finished jobs.
@@ -473,7 +473,13 @@ enum Keep {
 }
 
 /// The same, on a table already filled (by the caller).
-async fn koyo_drain_filled(ctx: &Ctx, n: u64, pool_size: usize, keep: Keep) -> Res<Measured> {
+async fn koyo_drain_filled(
+    ctx: &Ctx,
+    n: u64,
+    pool_size: usize,
+    keep: Keep,
+    prefetch: Option<usize>,
+) -> Res<Measured> {
     let before = statuses(ctx).await?;
     let done_before = count_of(&before, "done");
     let worker_broker = Broker::new(ctx.config.clone(), BrokerOptions::default())?;
@@ -484,6 +490,9 @@ async fn koyo_drain_filled(ctx: &Ctx, n: u64, pool_size: usize, keep: Keep) -> R
     let mut builder = Worker::builder(worker_broker).pool_size(pool_size);
     if keep == Keep::Nothing {
         builder = builder.retention(Retention { done: Some(Duration::ZERO), ..Retention::default() });
+    }
+    if let Some(prefetch) = prefetch {
+        builder = builder.prefetch(prefetch);
     }
     let worker = builder.start().await?;
     // Every body has run once the counter reaches n; the last results may still be on their way
@@ -516,7 +525,7 @@ async fn koyo_drain_filled(ctx: &Ctx, n: u64, pool_size: usize, keep: Keep) -> R
         && count_of(&after, "ready") == 0
         && count_of(&after, "running") == 0;
     Ok(Measured {
-        name: format!("koyo-job worker, pool_size {pool_size}"),
+        name: format!("koyo-job worker, pool_size {pool_size}{}", prefetch_label(prefetch)),
         value: Value::rate(n, elapsed),
         check: Check::new(
             ok,
@@ -631,26 +640,53 @@ async fn drain(ctx: &Ctx, report: &mut Report) -> Res<()> {
             drain_pool1(ctx, report, n1, raw).await?;
             continue;
         }
-        let mut runs = Vec::new();
+        // With several prefetch settings, their runs alternate, so that load from elsewhere
+        // falls on all of them alike.
+        let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); ctx.args.prefetch.len()];
         for _ in 0..ctx.args.repeat {
-            progress(&format!("drain: koyo-job pool_size {pool_size}, {n} jobs"));
-            runs.push(koyo_drain(ctx, n, pool_size).await?);
+            for (i, &prefetch) in ctx.args.prefetch.iter().enumerate() {
+                progress(&format!(
+                    "drain: koyo-job pool_size {pool_size}{}, {n} jobs",
+                    prefetch_label(prefetch)
+                ));
+                fill_ready(ctx, n).await?;
+                runs[i].push(koyo_drain_filled(ctx, n, pool_size, Keep::Done, prefetch).await?);
+            }
         }
-        let koyo = median(runs);
-        report.rows.push(drain_row(format!("pool_size {pool_size}"), koyo, bounds.as_ref(), pool_size == 16));
+        for (runs, &prefetch) in runs.into_iter().zip(&ctx.args.prefetch) {
+            let koyo = median(runs);
+            report.rows.push(drain_row(
+                format!("pool_size {pool_size}{}", prefetch_label(prefetch)),
+                koyo,
+                bounds.as_ref(),
+                pool_size == 16 && prefetch.is_none(),
+            ));
+        }
     }
 
     // Done jobs deleted as they complete: the like-for-like comparison with bound (a), which
     // deletes finished rows too.
     if ctx.args.pools.contains(&16) {
-        let mut runs = Vec::new();
+        let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); ctx.args.prefetch.len()];
         for _ in 0..ctx.args.repeat {
-            progress(&format!("drain: koyo-job pool_size 16, done jobs deleted, {n} jobs"));
-            fill_ready(ctx, n).await?;
-            runs.push(koyo_drain_filled(ctx, n, 16, Keep::Nothing).await?);
+            for (i, &prefetch) in ctx.args.prefetch.iter().enumerate() {
+                progress(&format!(
+                    "drain: koyo-job pool_size 16{}, done jobs deleted, {n} jobs",
+                    prefetch_label(prefetch)
+                ));
+                fill_ready(ctx, n).await?;
+                runs[i].push(koyo_drain_filled(ctx, n, 16, Keep::Nothing, prefetch).await?);
+            }
         }
-        let koyo = median(runs);
-        report.rows.push(drain_row("pool_size 16, done jobs deleted".into(), koyo, bounds.as_ref(), false));
+        for (runs, &prefetch) in runs.into_iter().zip(&ctx.args.prefetch) {
+            let koyo = median(runs);
+            report.rows.push(drain_row(
+                format!("pool_size 16{}, done jobs deleted", prefetch_label(prefetch)),
+                koyo,
+                bounds.as_ref(),
+                false,
+            ));
+        }
     }
 
     // Worker processes.
@@ -677,6 +713,11 @@ async fn drain(ctx: &Ctx, report: &mut Report) -> Res<()> {
         ));
     }
     Ok(())
+}
+
+/// ", prefetch N" for a prefetch setting other than the worker's default.
+fn prefetch_label(prefetch: Option<usize>) -> String {
+    prefetch.map(|p| format!(", prefetch {p}")).unwrap_or_default()
 }
 
 /// pool_size 1, against raw per-job loops.
@@ -922,7 +963,7 @@ async fn history(ctx: &Ctx, report: &mut Report) -> Res<()> {
 
     progress(&format!("history: koyo-job pool_size 16, {n} jobs, with history"));
     add_ready(ctx, n).await?;
-    let mut with_history = koyo_drain_filled(ctx, n, 16, Keep::Done).await?;
+    let mut with_history = koyo_drain_filled(ctx, n, 16, Keep::Done, None).await?;
     let st = statuses(ctx).await?;
     let kept = count_of(&st, "done") == (h + 2 * n) as i64 && count_of(&st, "scheduled") == h as i64;
     with_history.check.ok &= kept;

@@ -192,16 +192,17 @@ SELECT COALESCE(array_agg(id), '{}'), (SELECT count(*) FROM notified) FROM upd",
     ],
 };
 
-/// Gives running jobs back at shutdown: they become ready again and the interrupted attempt is
-/// not counted. Fenced like [`COMPLETE`].
+/// Gives jobs back at shutdown: running jobs the grace did not see finish, and prefetched jobs
+/// that never started. They become ready again and the attempt counted at claim time is taken
+/// back; `last_error` becomes `$4`, or stays as it was when `$4` is NULL (a prefetched job has
+/// nothing to report). Fenced like [`COMPLETE`].
 ///
-/// Params: ids, attempts, worker id.
+/// Params: ids, attempts, worker id, reason (nullable).
 pub const RELEASE: Statement = Statement {
     sql: "
 WITH upd AS (
     UPDATE koyo_jobs AS j
-    SET status = 'ready', attempts = j.attempts - 1,
-        last_error = 'released at worker shutdown before it finished'
+    SET status = 'ready', attempts = j.attempts - 1, last_error = coalesce($4::text, j.last_error)
     FROM unnest($1::int8[], $2::int4[]) AS d(id, attempt)
     WHERE j.id = d.id AND j.attempts = d.attempt AND (j.status, j.worker_id) IS NOT DISTINCT FROM ('running'::text, $3::int8)
     RETURNING j.id, j.queue
@@ -209,7 +210,7 @@ WITH upd AS (
     SELECT pg_notify('koyo_jobs', queue) FROM (SELECT DISTINCT queue FROM upd) AS d
 )
 SELECT COALESCE(array_agg(id), '{}'), (SELECT count(*) FROM notified) FROM upd",
-    types: &[Type::INT8_ARRAY, Type::INT4_ARRAY, Type::INT8],
+    types: &[Type::INT8_ARRAY, Type::INT4_ARRAY, Type::INT8, Type::TEXT],
 };
 
 /// A worker's periodic look around, in one round trip:

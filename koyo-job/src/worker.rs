@@ -4,11 +4,11 @@
 //! shutdown), the listener (a dedicated LISTEN connection that turns notifications into wake-ups)
 //! and the completer (writes attempt results in batches). Each job runs in a task of its own.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -103,6 +103,7 @@ impl Worker {
                 retention: Retention::default(),
                 prune_interval: Duration::from_secs(30),
                 listen: true,
+                prefetch: None,
             },
             middleware: Vec::new(),
         }
@@ -131,12 +132,19 @@ struct Settings {
     retention: Retention,
     prune_interval: Duration,
     listen: bool,
+    /// Jobs claimed ahead of free slots while draining a backlog; `None`: twice `pool_size`.
+    prefetch: Option<usize>,
 }
 
 impl Settings {
     /// `COMPLETE`, or `COMPLETE_DELETE` when done jobs are not kept at all.
     fn complete_statement(&self) -> &'static sql::Statement {
         if self.retention.done == Some(Duration::ZERO) { &sql::COMPLETE_DELETE } else { &sql::COMPLETE }
+    }
+
+    /// How many claimed jobs may wait in the worker for a free slot.
+    fn prefetch(&self) -> usize {
+        self.prefetch.unwrap_or(self.pool_size.saturating_mul(2).min(100_000))
     }
 }
 
@@ -228,6 +236,20 @@ impl WorkerBuilder {
         self
     }
 
+    /// At most how many jobs beyond its free slots the worker claims ahead while it drains a
+    /// backlog (default: twice `pool_size`; 0 turns prefetching off). Prefetched jobs wait in
+    /// the worker, already `running` under its name and covered by its heartbeat, so a slot
+    /// that frees starts the next job without a round trip, and each claim fetches more jobs at
+    /// once. A worker prefetches only while its last claim came back full, and only as many
+    /// jobs as its pool runs in about two claim round trips (at least one): short jobs get the
+    /// whole setting, long ones one. Shutdown gives prefetched jobs back at once, their attempt
+    /// not counted. If the worker dies, they are rescued with its running jobs after the lease,
+    /// and the attempt counts (as for any claimed job).
+    pub fn prefetch(mut self, jobs: usize) -> Self {
+        self.settings.prefetch = Some(jobs);
+        self
+    }
+
     /// Wraps every job run. The first added is the outermost.
     pub fn middleware(mut self, middleware: impl Middleware) -> Self {
         self.middleware.push(Arc::new(middleware));
@@ -251,6 +273,12 @@ impl WorkerBuilder {
                 self.settings.pool_size
             )));
         }
+        if self.settings.prefetch() > 100_000 {
+            return Err(Error::WorkerConfig(format!(
+                "prefetch must be from 0 to 100000, not {}",
+                self.settings.prefetch()
+            )));
+        }
         if self.settings.poll_interval.is_zero() || self.settings.lease < self.settings.poll_interval * 3 {
             return Err(Error::WorkerConfig(format!(
                 "the lease ({:?}) must be at least three poll intervals ({:?}), which must not be zero",
@@ -272,6 +300,10 @@ impl WorkerBuilder {
             wake: Notify::new(),
             tick_soon: Notify::new(),
             running: Mutex::new(HashMap::new()),
+            prefetched: Mutex::new(VecDeque::new()),
+            room: Notify::new(),
+            prefetch_target: AtomicUsize::new(0),
+            run_micros: AtomicU64::new(0),
             held: Mutex::new(HashSet::new()),
             completions: done_tx,
         });
@@ -352,6 +384,15 @@ struct Shared {
     tick_soon: Notify,
     /// Jobs whose body is still running, for giving them back at shutdown.
     running: Mutex<HashMap<JobId, RunningJob>>,
+    /// Jobs claimed ahead, waiting for a free slot, in claim order. A job task that ends
+    /// starts the first of them in its slot. Lock order: `running`, `prefetched`, `held`.
+    prefetched: Mutex<VecDeque<ClaimedJob>>,
+    /// A job task took a prefetched job and left fewer than half of `prefetch_target` waiting.
+    room: Notify,
+    /// How many jobs to keep prefetched now (see [`prefetch_target`]); set by the main loop.
+    prefetch_target: AtomicUsize,
+    /// Moving average of job run times in microseconds (0: none has ended yet).
+    run_micros: AtomicU64,
     /// Ids of the jobs this worker claimed and has not yet written a result for or given back.
     /// The tick gives back jobs the table says this worker holds that are not here: claims
     /// whose reply never arrived (the statement timed out, the connection broke) but which
@@ -382,6 +423,8 @@ struct ClaimedJob {
     max_attempts: i32,
     /// How long it was due before this claim.
     waited: Duration,
+    /// When the claim came back (a prefetched job may wait in the worker before it starts).
+    claimed_at: Instant,
 }
 
 /// How an attempt ends in the table.
@@ -420,7 +463,8 @@ async fn register(broker: &Broker, settings: &Settings) -> Result<i64, Error> {
     let pid = std::process::id() as i32;
     let (queues, pool_size, lease) =
         (&settings.queues, settings.pool_size as i32, settings.lease.as_secs_f64());
-    let row = broker.query_one(&sql::REGISTER_WORKER, &[&hostname(), &pid, queues, &pool_size, &lease]).await?;
+    let row =
+        broker.query_one(&sql::REGISTER_WORKER, &[&hostname(), &pid, queues, &pool_size, &lease]).await?;
     Ok(row.get(0))
 }
 
@@ -464,12 +508,16 @@ async fn main_loop(
     let mut tick_log = QuietLog::new("heartbeat");
     let mut retry_at: Option<Instant> = None;
     let mut drain_deadline: Option<Instant> = None;
-    // Claim in batches: while draining a backlog (the last claim came back full), wait briefly
-    // (up to `LINGER`) for every slot to be free, so a stream of short jobs is claimed a whole
-    // pool at a time rather than one by one. Otherwise (an idle or partly busy worker woken by a
-    // notification or a tick) claim at once: no latency is added to a lone job.
+    // Claim in batches: while draining a backlog (the last claim came back full), claim ahead
+    // of the free slots (up to `prefetch` jobs wait in the worker), and wait briefly (up to
+    // `LINGER`) for every slot to be free and the prefetched jobs to be taken, so a stream of
+    // short jobs is claimed a whole pool and prefetch at a time rather than one by one.
+    // Otherwise (an idle or partly busy worker woken by a notification or a tick) claim the
+    // free slots at once: no latency is added to a lone job, and no job is held back from
+    // other workers.
     const LINGER: Duration = Duration::from_millis(3);
-    let batch = shared.settings.pool_size;
+    let pool = shared.settings.pool_size;
+    let mut claim_time: Option<Duration> = None;
     let mut lingered = false;
     let mut backlog = false;
     let mut ticks: u64 = 0;
@@ -477,26 +525,40 @@ async fn main_loop(
     loop {
         if drain_deadline.is_none() && (*stop.borrow() || stop.has_changed().is_err()) {
             drain_deadline = Some(Instant::now() + shared.settings.shutdown_grace);
+            // Jobs claimed ahead have not started: give them back now, for others to run.
+            release_prefetched(&shared).await;
         }
         let draining = drain_deadline.is_some();
-        if draining && shared.slots.available_permits() == shared.settings.pool_size {
+        if draining && shared.slots.available_permits() == pool {
             break;
         }
+        if !draining {
+            // Slots freed while the buffer was being refilled.
+            start_prefetched(&shared);
+        }
 
+        let prefetch = if backlog { prefetch_target(&shared, claim_time) } else { 0 };
+        shared.prefetch_target.store(prefetch, Ordering::Relaxed);
         let free = shared.slots.available_permits();
-        if !draining
-            && may_have_work
-            && free > 0
-            && (free >= batch || lingered || !backlog)
-            && retry_at.is_none_or(|at| at <= Instant::now())
+        let ahead = prefetch.saturating_sub(prefetched_len(&shared));
+        let want = free + ahead;
+        let batch = pool + prefetch;
+        let retry_pending = retry_at.is_some_and(|at| at > Instant::now());
+        if !draining && may_have_work && want > 0 && (want >= batch || lingered || !backlog) && !retry_pending
         {
             lingered = false;
-            let permits = shared.slots.clone().try_acquire_many_owned(free as u32);
-            if let Ok(permits) = permits {
-                match claim(&shared, free).await {
+            let permits =
+                if free > 0 { shared.slots.clone().try_acquire_many_owned(free as u32).ok() } else { None };
+            let free = permits.as_ref().map_or(0, |p| p.num_permits());
+            let limit = free + ahead;
+            if limit > 0 {
+                let sent = Instant::now();
+                match claim(&shared, limit).await {
                     Ok(jobs) => {
+                        let took = sent.elapsed();
+                        claim_time = Some(claim_time.map_or(took, |avg| (avg * 7 + took) / 8));
                         retry_at = None;
-                        may_have_work = jobs.len() == free;
+                        may_have_work = jobs.len() == limit;
                         backlog = may_have_work;
                         start_jobs(&shared, jobs, permits);
                     }
@@ -509,18 +571,18 @@ async fn main_loop(
             }
         }
 
-        let saturated = shared.slots.available_permits() < batch;
         let wait_due = next_due.unwrap_or_else(far_future);
         let wait_retry = retry_at.unwrap_or_else(far_future);
         let wait_drain = drain_deadline.unwrap_or_else(far_future);
         tokio::select! {
             _ = stop.changed(), if !draining => {}
             _ = shared.wake.notified() => may_have_work = true,
-            _ = slots_freed(&shared.slots, batch, if backlog { LINGER } else { Duration::ZERO }),
-                if (may_have_work && saturated) || draining => {
+            _ = room_made(&shared, prefetch, if backlog { LINGER } else { Duration::ZERO }),
+                if may_have_work && want < batch && !draining && !retry_pending => {
                 lingered = true;
             }
-            _ = tokio::time::sleep_until(wait_retry), if retry_at.is_some() => {}
+            _ = shared.slots.acquire(), if draining => {}
+            _ = tokio::time::sleep_until(wait_retry), if retry_pending => {}
             _ = tokio::time::sleep_until(wait_drain), if draining => break,
             _ = tokio::time::sleep_until(next_tick) => {
                 next_tick = Instant::now() + shared.settings.poll_interval;
@@ -556,12 +618,57 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
-/// Waits until one slot is free, then up to `linger` more until `want` are.
-async fn slots_freed(slots: &Semaphore, want: usize, linger: Duration) {
-    if let Ok(permit) = slots.acquire().await {
-        drop(permit);
+/// How many jobs to keep prefetched while draining a backlog: enough for the pool to go on
+/// through two claim round trips at the pace jobs have been ending (at least one), at most the
+/// `prefetch` setting. Short jobs get the whole setting (each claim then also fetches more at
+/// once); jobs that take much longer than a round trip get one, so a worker busy with long
+/// jobs holds back little work that other workers could start. None until a job has ended
+/// (its pace is unknown).
+fn prefetch_target(shared: &Shared, claim_time: Option<Duration>) -> usize {
+    let max = shared.settings.prefetch();
+    let run_micros = u128::from(shared.run_micros.load(Ordering::Relaxed));
+    match claim_time {
+        Some(claim) if run_micros > 0 => {
+            let pool = shared.settings.pool_size as u128;
+            let fit = (2 * pool * claim.as_micros()).div_ceil(run_micros).max(1);
+            fit.min(max as u128) as usize
+        }
+        _ => 0,
     }
-    let _ = tokio::time::timeout(linger, slots.acquire_many(want as u32)).await;
+}
+
+/// Adds a job's run time to the moving average.
+fn record_run_time(shared: &Shared, took: Duration) {
+    let took = (took.as_micros() as u64).max(1);
+    let _ = shared.run_micros.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+        Some(if avg == 0 { took } else { (avg * 7 + took) / 8 })
+    });
+}
+
+fn prefetched_len(shared: &Shared) -> usize {
+    shared.prefetched.lock().unwrap_or_else(|p| p.into_inner()).len()
+}
+
+/// Waits until there is room to claim into — a free slot, or (when prefetching) fewer than half
+/// of `prefetch` jobs waiting — then up to `linger` more until every slot is free (which also
+/// means no prefetched job is left).
+async fn room_made(shared: &Shared, prefetch: usize, linger: Duration) {
+    if prefetch == 0 {
+        if let Ok(permit) = shared.slots.acquire().await {
+            drop(permit);
+        }
+    } else {
+        loop {
+            let notified = shared.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if prefetched_len(shared) * 2 < prefetch {
+                break;
+            }
+            notified.await;
+        }
+    }
+    let _ = tokio::time::timeout(linger, shared.slots.acquire_many(shared.settings.pool_size as u32)).await;
 }
 
 /// Which tick this is: the periodic ones (numbered) also rescue, and every
@@ -665,6 +772,16 @@ fn stop_jobs_claimed_as(shared: &Shared, worker_id: i64) -> usize {
     let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
     let lost: Vec<JobId> =
         running.iter().filter(|(_, job)| job.claim.worker_id == worker_id).map(|(id, _)| *id).collect();
+    // Prefetched jobs claimed under that identity were given back too: drop them unstarted.
+    let mut prefetched = shared.prefetched.lock().unwrap_or_else(|p| p.into_inner());
+    let mut dropped = Vec::new();
+    prefetched.retain(|job| {
+        let keep = job.claim.worker_id != worker_id;
+        if !keep {
+            dropped.push(job.claim.id);
+        }
+        keep
+    });
     let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
     for id in &lost {
         if let Some(job) = running.remove(id) {
@@ -672,13 +789,21 @@ fn stop_jobs_claimed_as(shared: &Shared, worker_id: i64) -> usize {
         }
         held.remove(&id.0);
     }
-    lost.len()
+    for id in &dropped {
+        held.remove(&id.0);
+    }
+    lost.len() + dropped.len()
 }
 
 async fn claim(shared: &Shared, limit: usize) -> Result<Vec<ClaimedJob>, Error> {
     let worker_id = shared.worker_id.load(Ordering::Relaxed);
-    let rows =
-        shared.broker.query(&sql::CLAIM, &[&shared.settings.queues, &(limit as i64), &worker_id]).await?;
+    let span = tracing::debug_span!("koyo_job.claim", worker_id, limit, claimed = tracing::field::Empty);
+    let rows = shared
+        .broker
+        .query(&sql::CLAIM, &[&shared.settings.queues, &(limit as i64), &worker_id])
+        .instrument(span.clone())
+        .await?;
+    span.record("claimed", rows.len());
     Ok(rows
         .into_iter()
         .map(|row| ClaimedJob {
@@ -688,23 +813,50 @@ async fn claim(shared: &Shared, limit: usize) -> Result<Vec<ClaimedJob>, Error> 
             args: row.get(3),
             max_attempts: row.get(5),
             waited: Duration::from_secs_f64(row.get::<_, f64>(6).clamp(0.0, 1e9)),
+            claimed_at: Instant::now(),
         })
         .collect())
 }
 
-fn start_jobs(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>, mut permits: OwnedSemaphorePermit) {
+/// Starts claimed jobs in the slots `permits` holds, prefetched ones (claimed earlier) first;
+/// the jobs left over wait in `prefetched`.
+fn start_jobs(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>, permits: Option<OwnedSemaphorePermit>) {
     shared.held.lock().unwrap_or_else(|p| p.into_inner()).extend(jobs.iter().map(|job| job.claim.id.0));
     let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
-    for job in jobs {
-        let Some(permit) = permits.split(1) else { break };
-        let claim = job.claim;
-        // The task removes itself from `running` under this lock, so it cannot finish before
-        // it has been inserted.
-        let handle = tokio::spawn(run_job(shared.clone(), job, permit));
-        running.insert(claim.id, RunningJob { claim, abort: handle.abort_handle() });
+    let mut prefetched = shared.prefetched.lock().unwrap_or_else(|p| p.into_inner());
+    prefetched.extend(jobs);
+    if let Some(mut permits) = permits {
+        while let Some(permit) = permits.split(1) {
+            let Some(job) = prefetched.pop_front() else { break };
+            spawn_job(shared, &mut running, job, permit);
+        }
+        // Unused permits (fewer jobs than free slots) are returned here.
+        drop(permits);
     }
-    // Unused permits (fewer jobs than free slots) are returned here.
-    drop(permits);
+}
+
+/// Starts prefetched jobs in the slots that are free.
+fn start_prefetched(shared: &Arc<Shared>) {
+    let free = shared.slots.available_permits();
+    if free == 0 || prefetched_len(shared) == 0 {
+        return;
+    }
+    if let Ok(permits) = shared.slots.clone().try_acquire_many_owned(free as u32) {
+        start_jobs(shared, Vec::new(), Some(permits));
+    }
+}
+
+/// Spawns a job's task; called with the `running` lock held, so the task (which removes itself
+/// from `running` under that lock) cannot end before it has been inserted.
+fn spawn_job(
+    shared: &Arc<Shared>,
+    running: &mut HashMap<JobId, RunningJob>,
+    job: ClaimedJob,
+    permit: OwnedSemaphorePermit,
+) {
+    let claim = job.claim;
+    let handle = tokio::spawn(run_job(shared.clone(), job, permit));
+    running.insert(claim.id, RunningJob { claim, abort: handle.abort_handle() });
 }
 
 async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
@@ -725,10 +877,11 @@ async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePer
         job.attempt = job.claim.attempt,
     );
     if let Some(info) = ctx.info() {
-        telemetry::started(info, job.waited);
+        telemetry::started(info, job.waited + job.claimed_at.elapsed());
     }
     let ran = Instant::now();
     let verdict = attempt(&shared, &job, &ctx).instrument(span).await;
+    record_run_time(&shared, ran.elapsed());
     if let Some(info) = ctx.info() {
         let how = match &verdict {
             Verdict::Done => Some(telemetry::Ended::Completed),
@@ -741,20 +894,31 @@ async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePer
             telemetry::ended(info, how, ran.elapsed());
         }
     }
-    {
-        // Only our own entry: the same job may have been claimed again since, under a new id.
-        let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.get(&job.claim.id).is_some_and(|r| r.claim == job.claim) {
-            running.remove(&job.claim.id);
-        }
+    let claim = job.claim;
+    // Only our own entry: the same job may have been claimed again since, under a new id.
+    let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
+    if running.get(&claim.id).is_some_and(|r| r.claim == claim) {
+        running.remove(&claim.id);
     }
-    drop(permit);
+    // Sent while the slot is still held, so that shutdown (which waits for every slot) cannot
+    // flush the completer before this result is queued.
     let _ = shared.completions.send(ToCompleter::Result(Completion {
-        claim: job.claim,
+        claim,
         queue: job.queue,
         verdict,
         completed_in_tx: ctx.completed_in_tx(),
     }));
+    // The slot goes to the next prefetched job, if one waits.
+    let prefetch = shared.prefetch_target.load(Ordering::Relaxed);
+    let mut prefetched = shared.prefetched.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(next) = prefetched.pop_front() {
+        if prefetched.len() * 2 < prefetch {
+            shared.room.notify_one();
+        }
+        spawn_job(&shared, &mut running, next, permit);
+    } else {
+        drop(permit);
+    }
 }
 
 /// Runs one attempt and decides how it ends.
@@ -912,6 +1076,11 @@ async fn write_until_done(shared: &Shared, batch: &[Completion], log: &mut Quiet
 }
 
 async fn write_batch(shared: &Shared, batch: &[Completion]) -> Result<(), Error> {
+    let span = tracing::debug_span!("koyo_job.complete", jobs = batch.len(), written = tracing::field::Empty);
+    write_batch_in(shared, batch, &span).instrument(span.clone()).await
+}
+
+async fn write_batch_in(shared: &Shared, batch: &[Completion], span: &tracing::Span) -> Result<(), Error> {
     let mut written: Vec<i64> = Vec::with_capacity(batch.len());
     let mut rescheduled = false;
     // A batch normally holds one worker id; after a re-registration it can hold two.
@@ -962,6 +1131,7 @@ async fn write_batch(shared: &Shared, batch: &[Completion]) -> Result<(), Error>
             written.extend(row.get::<_, Vec<i64>>(0));
         }
     }
+    span.record("written", written.len());
     if written.len() < batch.len() {
         written.sort_unstable();
         for c in batch.iter().filter(|c| written.binary_search(&c.claim.id.0).is_err()) {
@@ -990,8 +1160,49 @@ struct Unsuccessful<'a> {
     adjusts: Vec<i32>,
 }
 
+/// At shutdown: gives back the prefetched jobs, which have not started, at once (their
+/// attempt not counted). If that fails they are no longer held, so the next tick gives them
+/// back; without one, they are rescued after the lease.
+async fn release_prefetched(shared: &Shared) {
+    let waiting: Vec<Claim> = {
+        let mut prefetched = shared.prefetched.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
+        prefetched
+            .drain(..)
+            .map(|job| {
+                held.remove(&job.claim.id.0);
+                job.claim
+            })
+            .collect()
+    };
+    if waiting.is_empty() {
+        return;
+    }
+    match give_back(shared, None, &waiting).await {
+        Ok(released) => tracing::debug!(released, "koyo-job gave back prefetched jobs at shutdown"),
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = waiting.len(), "koyo-job could not give back prefetched jobs at shutdown; they will be given back later")
+        }
+    }
+}
+
+/// Gives jobs back ([`sql::RELEASE`]) with `reason` as their last error (`None` keeps theirs),
+/// one statement per worker identity they were claimed under. Returns how many were given back.
+async fn give_back(shared: &Shared, reason: Option<&str>, claims: &[Claim]) -> Result<usize, Error> {
+    let mut released = 0;
+    let worker_ids: std::collections::BTreeSet<i64> = claims.iter().map(|c| c.worker_id).collect();
+    for worker_id in worker_ids {
+        let (ids, attempts): (Vec<i64>, Vec<i32>) =
+            claims.iter().filter(|c| c.worker_id == worker_id).map(|c| (c.id.0, c.attempt)).unzip();
+        let row = shared.broker.query_one(&sql::RELEASE, &[&ids, &attempts, &worker_id, &reason]).await?;
+        released += row.get::<_, Vec<i64>>(0).len();
+    }
+    Ok(released)
+}
+
 /// At shutdown, after the grace period: stops the jobs still running and gives them back.
 async fn release_unfinished(shared: &Shared) {
+    release_prefetched(shared).await;
     let unfinished: Vec<Claim> = {
         let mut running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
         running
@@ -1007,25 +1218,7 @@ async fn release_unfinished(shared: &Shared) {
     }
     let worker_id = shared.worker_id.load(Ordering::Relaxed);
     tracing::warn!(jobs = unfinished.len(), "koyo-job shutdown grace is over; giving running jobs back");
-    let (ids, attempts): (Vec<i64>, Vec<i32>) = unfinished.iter().map(|c| (c.id.0, c.attempt)).unzip();
-    let by_worker: Vec<i64> = unfinished.iter().map(|c| c.worker_id).collect();
-    let result = async {
-        let mut released = 0;
-        for id in by_worker.iter().copied().collect::<std::collections::BTreeSet<_>>() {
-            let (ids, attempts): (Vec<i64>, Vec<i32>) = ids
-                .iter()
-                .zip(&attempts)
-                .zip(&by_worker)
-                .filter(|(_, w)| **w == id)
-                .map(|((i, a), _)| (*i, *a))
-                .unzip();
-            let row = shared.broker.query_one(&sql::RELEASE, &[&ids, &attempts, &id]).await?;
-            released += row.get::<_, Vec<i64>>(0).len();
-        }
-        Ok::<_, Error>(released)
-    }
-    .await;
-    match result {
+    match give_back(shared, Some("released at worker shutdown before it finished"), &unfinished).await {
         Ok(released) => tracing::info!(released, worker_id, "koyo-job released unfinished jobs"),
         Err(e) => {
             tracing::error!(error = %e, "koyo-job could not release unfinished jobs; they will be rescued after the lease")

@@ -871,6 +871,7 @@ pub mod chaos {
         pub job_timeout_ms: Option<u64>,
         pub max_connections: Option<usize>,
         pub statement_timeout_ms: Option<u64>,
+        pub prefetch: Option<usize>,
     }
 
     impl WorkerArgs {
@@ -890,6 +891,7 @@ pub mod chaos {
                 job_timeout_ms: None,
                 max_connections: None,
                 statement_timeout_ms: None,
+                prefetch: None,
             }
         }
 
@@ -943,6 +945,12 @@ pub mod chaos {
             self
         }
 
+        /// The worker's prefetch setting (default: the worker's default).
+        pub fn prefetch(mut self, jobs: usize) -> Self {
+            self.prefetch = Some(jobs);
+            self
+        }
+
         fn to_args(&self) -> Vec<String> {
             let mut args = vec![
                 format!("--label={}", self.label),
@@ -957,6 +965,9 @@ pub mod chaos {
             ];
             if let Some(ms) = self.job_timeout_ms {
                 args.push(format!("--job-timeout-ms={ms}"));
+            }
+            if let Some(jobs) = self.prefetch {
+                args.push(format!("--prefetch={jobs}"));
             }
             if let Some(n) = self.max_connections {
                 args.push(format!("--max-connections={n}"));

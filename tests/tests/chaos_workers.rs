@@ -102,6 +102,91 @@ async fn a_killed_worker_s_jobs_run_again_elsewhere_within_the_lease() {
     assert!(worst < 3200, "jobs of the killed worker restarted {worst} ms after the kill");
 }
 
+/// Scenario 1 with prefetched jobs: `SIGKILL` a worker whose slots are busy while it holds jobs
+/// it claimed ahead and never started. They are rescued with its running jobs after the lease,
+/// run once, on the other worker; their claim counts as the lost attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_prefetched_jobs_run_elsewhere_after_the_lease() {
+    let db = ChaosDb::create().await;
+    let args = |label: &str| WorkerArgs::new(label).pool(2).prefetch(4).lease_ms(1000).poll_ms(100);
+    // Short jobs first (a backlog, whose pace the worker learns), then two long ones that take
+    // both slots, then short ones for it to claim ahead.
+    enqueue_ledger(&db, 1..=30, 0).await;
+    let long = enqueue_ledger(&db, 100..=101, 4000).await;
+    let behind = enqueue_ledger(&db, 200..=215, 0).await;
+    let mut a = ChaosWorker::spawn(WORKER, db.url(), args("a")).await;
+    let a_id = a.worker_id();
+
+    let long_ids: Vec<i64> = long.iter().map(|id| id.0).collect();
+    let prefetched: Vec<i64> = koyo_job_tests::poll_until(Duration::from_secs(15), || async {
+        let busy = db
+            .count(&format!(
+                "SELECT count(*) FROM chaos_ledger WHERE worker = 'a' AND ended_at IS NULL AND job_id IN ({}, {})",
+                long_ids[0], long_ids[1]
+            ))
+            .await;
+        let waiting: Vec<i64> = db
+            .query(
+                "SELECT coalesce(array_agg(j.id ORDER BY j.id), '{}') FROM koyo_jobs AS j
+                 WHERE j.status = 'running' AND j.worker_id = $1
+                   AND NOT EXISTS (SELECT 1 FROM chaos_ledger AS l WHERE l.job_id = j.id)",
+                &[&a_id],
+            )
+            .await[0]
+            .get(0);
+        (busy == 2 && !waiting.is_empty()).then_some(waiting)
+    })
+    .await
+    .expect("a claims jobs ahead while both its slots run the long jobs");
+    let killed_at = a.kill();
+    let killed = HashMap::from([(a.pid() as i32, killed_at)]);
+    assert!(prefetched.len() <= 4, "at most `prefetch` jobs ahead: {prefetched:?}");
+    assert!(prefetched.iter().all(|id| behind.iter().any(|b| b.0 == *id)), "{prefetched:?}");
+
+    let mut b = ChaosWorker::spawn(WORKER, db.url(), args("b")).await;
+    db.expect_count(
+        "every job done",
+        "SELECT count(*) FROM koyo_jobs WHERE status = 'done'",
+        Duration::from_secs(30),
+        |n| n == 48,
+    )
+    .await;
+    b.terminate(Duration::from_secs(10)).await;
+
+    let executions = db.executions().await;
+    let mut recovery = Vec::new();
+    for id in &prefetched {
+        let job = db.job(JobId(*id)).await;
+        assert_eq!(
+            (job.status.as_str(), job.attempts, job.worker_id),
+            ("done", 2, Some(b.worker_id())),
+            "{job:?}"
+        );
+        assert!(job.last_error.as_deref().unwrap_or("").contains("was lost during attempt 1"), "{job:?}");
+        let runs: Vec<_> = executions.iter().filter(|e| e.job_id == *id).collect();
+        assert_eq!(runs.len(), 1, "a prefetched job never started on the killed worker: {runs:#?}");
+        assert_eq!((runs[0].worker.as_str(), runs[0].attempt), ("b", 2));
+        recovery.push(ms(runs[0].started_at - killed_at));
+    }
+    for id in behind.iter().filter(|id| !prefetched.contains(&id.0)) {
+        assert_eq!(db.job(*id).await.attempts, 1, "job {id} was not held by the killed worker");
+    }
+    let overlapping = overlaps(&executions, &killed);
+    assert!(overlapping.is_empty(), "{overlapping:#?}");
+    assert!(db.executions_over_attempts().await.is_empty());
+    assert!(db.changes_after_done().await.is_empty());
+    eprintln!(
+        "chaos[1 sigkill, prefetched]: prefetched={} lost=0 recovery_ms={recovery:?} (lease 1000, poll 100)",
+        prefetched.len()
+    );
+    // Rescued with the killed worker's running jobs: not before its lease ran out.
+    let best = *recovery.iter().min().unwrap();
+    assert!(
+        best >= 800,
+        "prefetched jobs of the killed worker ran {best} ms after the kill, before its lease ran out"
+    );
+}
+
 /// Scenario 2: `SIGSTOP` a worker past its lease; another worker runs the job and completes
 /// it; `SIGCONT`: the frozen worker's late completion is discarded by the fence and changes
 /// nothing, and the thawed worker carries on under a new identity.

@@ -1,5 +1,6 @@
 //! Every job runs inside a `koyo_job.run` span, so whatever the job logs carries its id, queue,
-//! name and attempt. (Its own test binary: a subscriber is installed for the whole process.)
+//! name and attempt; claims and completion batches have spans of their own. (Its own test
+//! binary: a subscriber is installed for the whole process.)
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -46,7 +47,13 @@ impl Subscriber for Collect {
         self.0.spans.lock().unwrap().insert(id, fields.0);
         Id::from_u64(id)
     }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record(&self, id: &Id, values: &Record<'_>) {
+        let mut fields = Fields(String::new());
+        values.record(&mut fields);
+        if let Some(span) = self.0.spans.lock().unwrap().get_mut(&id.into_u64()) {
+            span.push_str(&fields.0);
+        }
+    }
     fn record_follows_from(&self, _: &Id, _: &Id) {}
     fn event(&self, event: &Event<'_>) {
         let mut fields = Fields(String::new());
@@ -101,4 +108,31 @@ async fn what_a_job_logs_happens_inside_its_run_span() {
     let expected =
         format!("koyo_job.run job.id={} job.queue=traced job.name=tracing_spans::traced job.attempt=1", id.0);
     assert_eq!(within.first(), Some(&expected), "{within:?}");
+}
+
+#[define_job(queue = "batched")]
+async fn batched(n: i64) {
+    let _ = n;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_and_completion_batches_have_spans() {
+    let spans = spans();
+    let env = env().await;
+    let id = batched(7).enqueue_on(&env.broker).await.unwrap();
+    let worker = env.worker().queue("batched").pool_size(4).start().await.unwrap();
+    let worker_id = worker.id();
+    env.wait_for_status(id, "done", Duration::from_secs(10)).await;
+    worker.shutdown().await;
+
+    let recorded: Vec<String> = spans.spans.lock().unwrap().values().cloned().collect();
+    let claim = format!("koyo_job.claim worker_id={worker_id} limit=");
+    assert!(
+        recorded.iter().any(|s| s.starts_with(&claim) && s.ends_with(" claimed=1")),
+        "no claim span of one job: {recorded:?}"
+    );
+    assert!(
+        recorded.iter().any(|s| s.starts_with("koyo_job.complete jobs=") && s.contains(" written=")),
+        "no completion span: {recorded:?}"
+    );
 }

@@ -103,6 +103,20 @@ async fn waits_for_gate(key: String) {
     record(&key, "finished").await;
 }
 
+/// A short job on the prefetch tests' queue.
+#[define_job(queue = "prefetch")]
+async fn quick(key: String, n: i32) {
+    record(&key, format!("quick {n}")).await;
+}
+
+/// Holds its slot on the prefetch tests' queue until its test opens the gate.
+#[define_job(queue = "prefetch")]
+async fn holds_the_slot(key: String) {
+    record(&key, "holding").await;
+    gate(&key).notified().await;
+    record(&key, "released").await;
+}
+
 #[define_job(queue = "corrupt")]
 async fn takes_a_string(key: String, text: String) {
     record(&key, text).await;
@@ -294,6 +308,119 @@ async fn shutdown_gives_back_jobs_that_outlast_the_grace() {
     gate(&env.key).notify_one();
     let worker = env.worker().queue("slow").start().await.unwrap();
     env.wait_for_status(id, "done", Duration::from_secs(10)).await;
+    worker.shutdown().await;
+}
+
+/// Waits until worker `worker_id` has heartbeated `n` more times (each tick also gives back
+/// claims in its name that it does not hold).
+async fn wait_for_ticks(env: &Env, worker_id: i64, n: usize) {
+    let beat = || async {
+        let rows = env.query("SELECT heartbeat_at FROM koyo_workers WHERE id = $1", &[&worker_id]).await;
+        rows[0].get::<_, time::OffsetDateTime>(0)
+    };
+    for _ in 0..n {
+        let last = beat().await;
+        let next = koyo_job_tests::poll_until(Duration::from_secs(5), || async {
+            (beat().await > last).then_some(())
+        })
+        .await;
+        assert!(next.is_some(), "worker {worker_id} stopped heartbeating");
+    }
+}
+
+/// Jobs claimed ahead of a free slot are `running` under the worker, which keeps holding them
+/// (its ticks do not give them back as lost claims); at shutdown it gives them back at once,
+/// without waiting for the running job, and their attempt does not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetched_jobs_are_held_then_given_back_uncounted_at_shutdown_without_waiting() {
+    let env = env().await;
+    // Short jobs first, so the worker drains a backlog and learns how long its jobs take; then
+    // one that holds the only slot; then short jobs for the worker to claim ahead.
+    env.broker.enqueue_many((0..20).map(|n| quick(env.key.clone(), n))).await.unwrap();
+    let holder = holds_the_slot(env.key.clone()).enqueue_on(&env.broker).await.unwrap();
+    let behind = env.broker.enqueue_many((100..110).map(|n| quick(env.key.clone(), n))).await.unwrap();
+    let worker = env
+        .worker()
+        .queue("prefetch")
+        .pool_size(1)
+        .prefetch(3)
+        .shutdown_grace(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let worker_id = worker.id();
+
+    let prefetched_sql = "SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM koyo_jobs
+                          WHERE status = 'running' AND worker_id = $1 AND id <> $2";
+    let prefetched: Vec<i64> = koyo_job_tests::poll_until(Duration::from_secs(10), || async {
+        let holding = env.job(holder).await.status == "running";
+        let ids: Vec<i64> = env.query(prefetched_sql, &[&worker_id, &holder.0]).await[0].get(0);
+        (holding && !ids.is_empty()).then_some(ids)
+    })
+    .await
+    .expect("the worker claims jobs ahead while its only slot is busy");
+    assert!(prefetched.len() <= 3, "at most `prefetch` jobs ahead: {prefetched:?}");
+    assert!(prefetched.iter().all(|id| behind.iter().any(|b| b.0 == *id)), "{prefetched:?}");
+
+    // Two more ticks, each of which gives back claims the worker does not hold: these stay.
+    wait_for_ticks(&env, worker_id, 2).await;
+    let still: Vec<i64> = env.query(prefetched_sql, &[&worker_id, &holder.0]).await[0].get(0);
+    assert!(prefetched.iter().all(|id| still.contains(id)), "prefetched {prefetched:?}, now held {still:?}");
+
+    // Shutdown gives the prefetched jobs back at once, while the holder still runs.
+    let stopping = tokio::spawn(worker.shutdown());
+    let given_back = koyo_job_tests::poll_until(Duration::from_secs(10), || async {
+        let ready: i64 = env
+            .query("SELECT count(*) FROM koyo_jobs WHERE id = ANY($1) AND status = 'ready'", &[&prefetched])
+            .await[0]
+            .get(0);
+        (ready == prefetched.len() as i64).then_some(())
+    })
+    .await;
+    assert!(given_back.is_some(), "the prefetched jobs were not given back while the holder ran");
+    assert_eq!(env.job(holder).await.status, "running", "shutdown waits for the running job");
+    gate(&env.key).notify_one();
+    stopping.await.unwrap();
+
+    assert_eq!(env.job(holder).await.status, "done");
+    for id in &behind {
+        let row = env.job(*id).await;
+        assert_eq!((row.status.as_str(), row.attempts), ("ready", 0), "job {id}: {row:?}");
+        assert_eq!(row.last_error, None, "job {id} never started: {row:?}");
+    }
+    let ledger = env.ledger().await;
+    let mut expected: Vec<String> = (0..20).map(|n| format!("quick {n}")).collect();
+    expected.extend(["holding".to_owned(), "released".to_owned()]);
+    assert_eq!(ledger, expected, "no prefetched job started");
+
+    // Another worker runs them.
+    let worker = env.worker().queue("prefetch").start().await.unwrap();
+    env.wait_for_count(
+        "SELECT count(*) FROM koyo_jobs WHERE status = 'done' AND attempts = 1",
+        31,
+        Duration::from_secs(10),
+    )
+    .await;
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_zero_claims_only_free_slots() {
+    let env = env().await;
+    env.broker.enqueue_many((0..20).map(|n| quick(env.key.clone(), n))).await.unwrap();
+    let holder = holds_the_slot(env.key.clone()).enqueue_on(&env.broker).await.unwrap();
+    env.broker.enqueue_many((100..110).map(|n| quick(env.key.clone(), n))).await.unwrap();
+    let worker = env.worker().queue("prefetch").pool_size(1).prefetch(0).start().await.unwrap();
+    env.wait_for_status(holder, "running", Duration::from_secs(10)).await;
+    // Two ticks later the worker still holds only the running job.
+    let worker_id = worker.id();
+    wait_for_ticks(&env, worker_id, 2).await;
+    let running: i64 =
+        env.query("SELECT count(*) FROM koyo_jobs WHERE status = 'running'", &[]).await[0].get(0);
+    assert_eq!(running, 1, "only the job in the slot is claimed");
+    gate(&env.key).notify_one();
+    env.wait_for_count("SELECT count(*) FROM koyo_jobs WHERE status = 'done'", 31, Duration::from_secs(10))
+        .await;
     worker.shutdown().await;
 }
 

@@ -18,6 +18,7 @@
 //! | `--job-timeout-ms=N` | none | the worker's default job timeout |
 //! | `--max-connections=N` | pool + 4 | the broker's pool size |
 //! | `--statement-timeout-ms=N` | 10000 | the broker's statement timeout |
+//! | `--prefetch=N` | the worker's default | jobs claimed ahead of free slots |
 //!
 //! Its connections carry `application_name` `chaos-<label>`. It prints `worker-ready id=<worker
 //! id> pid=<pid>` once its worker runs, every `tracing` event as a line starting with `log `,
@@ -84,6 +85,7 @@ fn main() {
     let grace = Duration::from_millis(number("grace-ms", 2000));
     let listen = flag("listen");
     let job_timeout = settings.get("job-timeout-ms").map(|ms| Duration::from_millis(ms.parse().unwrap()));
+    let prefetch = settings.get("prefetch").map(|n| n.parse::<usize>().expect("--prefetch takes a number"));
 
     runtime.block_on(async move {
         chaos::LogCapture::install(chaos::LogTo::Stdout);
@@ -105,6 +107,9 @@ fn main() {
             .listen(listen);
         if let Some(timeout) = job_timeout {
             builder = builder.job_timeout(timeout);
+        }
+        if let Some(prefetch) = prefetch {
+            builder = builder.prefetch(prefetch);
         }
         let worker = builder.start().await.expect("the worker starts");
 
