@@ -71,6 +71,11 @@ pub static MIGRATIONS: &[Migration] = &[
         name: "worker_lease",
         sql: include_str!("../migrations/002_worker_lease.up.sql"),
     },
+    Migration {
+        version: 3,
+        name: "cheap_name_checks",
+        sql: include_str!("../migrations/003_cheap_name_checks.up.sql"),
+    },
 ];
 
 /// The key of the transaction-level advisory lock that serialises migrations ("koyo_job" in

@@ -191,3 +191,32 @@ async fn a_failing_migration_applies_nothing_and_names_itself() {
     let tables = koyo_tables(&client).await;
     assert_eq!(tables, vec![("public".to_owned(), "koyo_jobs".to_owned())]);
 }
+
+#[tokio::test]
+async fn the_table_itself_refuses_bad_names_and_sizes() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut client = connect(db.config()).await;
+    migrate(&mut client, None).await.unwrap();
+    let insert = async |queue: &str, job: &str| {
+        client
+            .execute("INSERT INTO koyo_jobs (queue, job, args) VALUES ($1, $2, '\\x00')", &[&queue, &job])
+            .await
+            .map_err(|e| e.as_db_error().map(|d| d.constraint().unwrap_or_default().to_owned()))
+    };
+    let longest_queue = "q".repeat(64);
+    let longest_job = "j".repeat(200);
+    assert!(insert(&longest_queue, &longest_job).await.is_ok());
+    assert!(insert("a.b:c-d_E9", "app::mail::send_welcome").await.is_ok());
+    for (queue, job, constraint) in [
+        ("", "job", "koyo_jobs_queue_check"),
+        (&"q".repeat(65), "job", "koyo_jobs_queue_check"),
+        ("mail queue", "job", "koyo_jobs_queue_check"),
+        ("mail\n", "job", "koyo_jobs_queue_check"),
+        ("mail", "", "koyo_jobs_job_check"),
+        ("mail", &"j".repeat(201), "koyo_jobs_job_check"),
+        ("mail", "drop table;", "koyo_jobs_job_check"),
+        ("mail", "é", "koyo_jobs_job_check"),
+    ] {
+        assert_eq!(insert(queue, job).await, Err(Some(constraint.to_owned())), "{queue:?} {job:?}");
+    }
+}
