@@ -20,8 +20,7 @@
 (() => {
   const STATES = ['scheduled', 'ready', 'running', 'done', 'failed', 'cancelled'];
   const REFRESH_MS = 2000;
-  const ACTIVITY_MS = 5000;
-  const STALE_WORKER_SECS = 30;
+  const ACTIVITY_MS = 10000;
   const MESSAGE_MS = 6000;
   const PAGE_SIZE = 50;
   const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -652,7 +651,8 @@
   }
 
   function workerRow(w) {
-    const stale = w.heartbeat_age_secs > STALE_WORKER_SECS;
+    // Past its own lease (the server compares with the lease the worker registered).
+    const stale = w.live === false;
     const queues = (w.queues || []).map((q) => el('span', { class: 'tag' }, q));
     return el('tr', { 'data-worker-id': w.id, class: stale ? 'stale' : null },
       el('td', { class: 'num' }, w.id),
@@ -663,7 +663,7 @@
       el('td', { class: 'num' }, `${w.running}/${w.pool_size}`),
       el('td', null, relTime(w.started_at)),
       el('td', { class: 'heartbeat' }, `${fmtDuration(w.heartbeat_age_secs)} ago`,
-        stale ? el('span', { class: 'stale-tag' }, 'stale') : null));
+        stale ? el('span', { class: 'stale-tag', title: `no heartbeat within its ${w.lease_secs} s lease: its jobs go back to the queue` }, 'lost') : null));
   }
 
   // ---------------------------------------------------------- refresh loop
@@ -697,7 +697,14 @@
     }
     renderStatus();
     inFlight = false;
-    if (again) { again = false; refresh(); } else timer = setTimeout(refresh, REFRESH_MS);
+    if (again) { again = false; refresh(); } else if (!document.hidden) timer = setTimeout(refresh, REFRESH_MS);
+  }
+
+  // A page left open in a background tab costs the database nothing: refreshing stops while the
+  // tab is hidden and resumes, at once, when it is shown again.
+  function onVisibilityChange() {
+    if (document.hidden) clearTimeout(timer);
+    else refresh();
   }
 
   function refreshNow() {
@@ -722,6 +729,7 @@
       if (e.key === 'Escape' && state.detailId !== null && !e.defaultPrevented) closeDetail();
     });
     window.addEventListener('hashchange', onHashChange);
+    document.addEventListener('visibilitychange', onVisibilityChange);
   }
 
   function init() {

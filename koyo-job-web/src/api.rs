@@ -158,10 +158,63 @@ fn shorten(text: &str, max: usize) -> &str {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Shared answers
+
+/// The counts per queue read the whole table: one answer serves every viewer for at least this
+/// long (and longer on a big table: see [`COST_FACTOR`]).
+const QUEUES_TTL: Duration = Duration::from_secs(1);
+/// The charts read every job of the hour.
+const ACTIVITY_TTL: Duration = Duration::from_secs(10);
+/// An answer stays fresh for at least this many times as long as it took to compute, so the
+/// page never keeps the database busy more than a tenth of the time, however big the table.
+const COST_FACTOR: u32 = 10;
+
+/// The last answer of an expensive route, shared by every viewer of the router: fresh for
+/// `max(ttl, COST_FACTOR × the time it took)`. The lock is held while computing, so requests
+/// arriving meanwhile wait for that answer instead of running the query again.
+#[derive(Default)]
+pub(crate) struct SharedAnswer {
+    last: tokio::sync::Mutex<Option<Answer>>,
+}
+
+struct Answer {
+    key: u32,
+    body: String,
+    fresh_until: Instant,
+}
+
+impl SharedAnswer {
+    /// Forgets the last answer (after a change the viewer should see at once).
+    async fn forget(&self) {
+        *self.last.lock().await = None;
+    }
+
+    async fn get_or_compute<T: Serialize>(
+        &self,
+        key: u32,
+        ttl: Duration,
+        compute: impl AsyncFnOnce() -> Result<T, ApiError>,
+    ) -> Result<Response, ApiError> {
+        let mut last = self.last.lock().await;
+        let body = match last.as_ref().filter(|a| a.key == key && Instant::now() < a.fresh_until) {
+            Some(answer) => answer.body.clone(),
+            None => {
+                let started = Instant::now();
+                let body = serde_json::to_string(&compute().await?).expect("plain data serializes");
+                let fresh_until = Instant::now() + ttl.max(started.elapsed() * COST_FACTOR);
+                *last = Some(Answer { key, body: body.clone(), fresh_until });
+                body
+            }
+        };
+        Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Reading
 
 #[derive(Serialize)]
-pub(crate) struct QueuesBody {
+struct QueuesBody {
     queues: Vec<QueueJson>,
 }
 
@@ -177,22 +230,27 @@ struct QueueJson {
     lag_secs: Option<f64>,
 }
 
-pub(crate) async fn queues(Extract(state): Shared) -> ApiResult<QueuesBody> {
-    let queues = with_client(&state, async |c| admin::queues(c).await).await?;
-    let queues = queues
-        .into_iter()
-        .map(|q| QueueJson {
-            queue: q.queue,
-            scheduled: q.scheduled,
-            ready: q.ready,
-            running: q.running,
-            done: q.done,
-            failed: q.failed,
-            cancelled: q.cancelled,
-            lag_secs: q.lag_secs,
+pub(crate) async fn queues(Extract(state): Shared) -> Result<Response, ApiError> {
+    state
+        .queues
+        .get_or_compute(0, QUEUES_TTL, async || {
+            let queues = with_client(&state, async |c| admin::queues(c).await).await?;
+            let queues = queues
+                .into_iter()
+                .map(|q| QueueJson {
+                    queue: q.queue,
+                    scheduled: q.scheduled,
+                    ready: q.ready,
+                    running: q.running,
+                    done: q.done,
+                    failed: q.failed,
+                    cancelled: q.cancelled,
+                    lag_secs: q.lag_secs,
+                })
+                .collect();
+            Ok(QueuesBody { queues })
         })
-        .collect();
-    Ok(Json(QueuesBody { queues }))
+        .await
 }
 
 #[derive(Serialize)]
@@ -379,13 +437,6 @@ struct QueueActivityJson {
     backlog: Vec<i64>,
 }
 
-/// How long one computation of the charts serves every viewer: their query reads every job of
-/// the window, so its cost must not grow with the number of open pages.
-const ACTIVITY_TTL: Duration = Duration::from_secs(10);
-
-/// The charts' last answer: when, for how many minutes, and the JSON.
-pub(crate) type ActivityCache = tokio::sync::Mutex<Option<(Instant, u32, String)>>;
-
 pub(crate) async fn activity(Extract(state): Shared, Query(params): Params) -> Result<Response, ApiError> {
     let minutes = match params.get("minutes").map(String::as_str).filter(|m| !m.is_empty()) {
         None => 60,
@@ -396,13 +447,9 @@ pub(crate) async fn activity(Extract(state): Shared, Query(params): Params) -> R
             ))
         })?,
     };
-    // Held across the query, so viewers arriving meanwhile wait for its answer instead of
-    // running their own.
-    let mut cache = state.activity.lock().await;
-    let fresh = cache.as_ref().filter(|(at, m, _)| *m == minutes && at.elapsed() < ACTIVITY_TTL);
-    let body = match fresh {
-        Some((_, _, body)) => body.clone(),
-        None => {
+    state
+        .activity
+        .get_or_compute(minutes, ACTIVITY_TTL, async || {
             let activity = with_client(&state, async |c| admin::activity(c, minutes).await).await?;
             let queues = activity
                 .queues
@@ -414,14 +461,9 @@ pub(crate) async fn activity(Extract(state): Shared, Query(params): Params) -> R
                     backlog: q.backlog,
                 })
                 .collect();
-            let body =
-                ActivityBody { start: activity.start, step_secs: 60, buckets: activity.buckets, queues };
-            let body = serde_json::to_string(&body).expect("plain data serializes");
-            *cache = Some((Instant::now(), minutes, body.clone()));
-            body
-        }
-    };
-    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+            Ok(ActivityBody { start: activity.start, step_secs: 60, buckets: activity.buckets, queues })
+        })
+        .await
 }
 
 #[derive(Serialize)]
@@ -453,6 +495,7 @@ async fn act(
     let id = permitted(&state, &headers, &id)?;
     let done = with_client(&state, async |c| admin::apply(c, id, action).await).await?;
     tracing::info!(job.id = id, job.queue = %done.queue, "koyo-job admin: {}", past_tense(action));
+    state.queues.forget().await;
     detail(&state, id).await.map(Json)
 }
 
@@ -469,6 +512,7 @@ pub(crate) async fn delete(
     let id = permitted(&state, &headers, &id)?;
     let done = with_client(&state, async |c| admin::apply(c, id, Action::Delete).await).await?;
     tracing::info!(job.id = id, job.queue = %done.queue, "koyo-job admin: {}", past_tense(Action::Delete));
+    state.queues.forget().await;
     Ok(Json(DeletedBody { deleted: id }))
 }
 

@@ -132,7 +132,8 @@ impl Admin {
             broker: self.broker,
             read_only: self.read_only,
             query_timeout: self.query_timeout,
-            activity: api::ActivityCache::default(),
+            queues: api::SharedAnswer::default(),
+            activity: api::SharedAnswer::default(),
         });
         Router::new()
             .route("/", get(page::index))
@@ -158,6 +159,7 @@ struct State {
     read_only: bool,
     csrf: String,
     query_timeout: Duration,
-    /// The charts' last answer, shared by every viewer for a few seconds.
-    activity: api::ActivityCache,
+    /// The last answers of the two routes that read many rows, shared by every viewer.
+    queues: api::SharedAnswer,
+    activity: api::SharedAnswer,
 }

@@ -286,9 +286,17 @@ async fn actions_follow_the_state_rules() {
     let running_lost = f.job_in("mail", "running", Some(lost)).await;
     let ready = f.job_in("mail", "ready", None).await;
 
+    let (_, before) = f.get("/admin/jobs/api/queues").await;
+    assert_eq!(before["queues"][0]["failed"].as_i64(), Some(1));
     let (status, job) = f.post(Method::POST, &format!("/admin/jobs/api/jobs/{failed}/retry")).await;
     assert_eq!((status, job["status"].as_str()), (StatusCode::OK, Some("ready")), "{job}");
     assert_eq!(f.status_of(failed).await.as_deref(), Some("ready"));
+    // The counts are shared between viewers for a moment, but a change shows at once.
+    let (_, after) = f.get("/admin/jobs/api/queues").await;
+    assert_eq!(
+        (after["queues"][0]["failed"].as_i64(), after["queues"][0]["ready"].as_i64()),
+        (Some(0), Some(2))
+    );
 
     let (status, body) = f.post(Method::POST, &format!("/admin/jobs/api/jobs/{done}/retry")).await;
     assert_eq!(status, StatusCode::CONFLICT);
