@@ -76,6 +76,11 @@ pub static MIGRATIONS: &[Migration] = &[
         name: "cheap_name_checks",
         sql: include_str!("../migrations/003_cheap_name_checks.up.sql"),
     },
+    Migration {
+        version: 4,
+        name: "failed_index",
+        sql: include_str!("../migrations/004_failed_index.up.sql"),
+    },
 ];
 
 /// The key of the transaction-level advisory lock that serialises migrations ("koyo_job" in
