@@ -220,3 +220,40 @@ async fn the_table_itself_refuses_bad_names_and_sizes() {
         assert_eq!(insert(queue, job).await, Err(Some(constraint.to_owned())), "{queue:?} {job:?}");
     }
 }
+
+#[tokio::test]
+async fn a_database_at_version_1_with_rows_upgrades_in_place() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut client = connect(db.config()).await;
+    // What version 1 left behind: its tables, its record, a worker and jobs.
+    client
+        .batch_execute(&format!(
+            "{}
+             CREATE TABLE koyo_job_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                                               applied_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO koyo_job_migrations (version, name) VALUES (1, 'jobs');
+             INSERT INTO koyo_workers (hostname, pid, queues, pool_size) VALUES ('old-host', 7, ARRAY['mail'], 4);
+             INSERT INTO koyo_jobs (queue, job, args, status, attempts, finished_at, last_error)
+             VALUES ('mail', 'app::send', '\\x01', 'failed', 3, now(), 'boom'),
+                    ('mail', 'app::send', '\\x02', 'ready', 0, NULL, NULL);",
+            MIGRATIONS[0].sql
+        ))
+        .await
+        .unwrap();
+
+    let report = migrate(&mut client, None).await.unwrap();
+    assert_eq!(report.applied, all_versions()[1..].to_vec());
+    let worker = client.query_one("SELECT hostname, lease_secs FROM koyo_workers", &[]).await.unwrap();
+    assert_eq!((worker.get::<_, String>(0), worker.get::<_, f64>(1)), ("old-host".to_owned(), 30.0));
+    let failed: Vec<i64> = client
+        .query("SELECT id FROM koyo_jobs WHERE status IN ('failed', 'cancelled') ORDER BY id DESC", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(failed.len(), 1);
+    // The rows written before still obey the (rewritten) name rules, and new ones are checked.
+    let bad = client.execute("UPDATE koyo_jobs SET queue = 'no spaces allowed'", &[]).await.unwrap_err();
+    assert_eq!(bad.as_db_error().and_then(|e| e.constraint()), Some("koyo_jobs_queue_check"));
+}
