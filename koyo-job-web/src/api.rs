@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Path, Query, State as Extract};
+use axum::extract::{FromRequestParts, Path, Query, State as Extract};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use koyo_job::admin::{self, Action, AdminError, JobFilter};
@@ -18,7 +19,36 @@ use serde::Serialize;
 use crate::{State, csrf};
 
 type Shared = Extract<Arc<State>>;
-type Params = Query<HashMap<String, String>>;
+
+/// The query string's parameters; a malformed one is a JSON 400 like every other bad input.
+pub(crate) struct Params(HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<HashMap<String, String>>::from_request_parts(parts, state).await {
+            Ok(Query(params)) => Ok(Params(params)),
+            Err(rejection) => {
+                Err(ApiError::bad_request(format!("bad query string: {}", rejection.body_text())))
+            }
+        }
+    }
+}
+
+/// The `{id}` of a job route as given (checked by [`job_id`]); undecodable, it is a JSON 400.
+pub(crate) struct RawId(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RawId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(RawId(id)),
+            Err(rejection) => Err(ApiError::bad_request(format!("bad job id: {}", rejection.body_text()))),
+        }
+    }
+}
 
 /// The most characters of a job's rendered arguments the API returns.
 const MAX_ARGS_CHARS: usize = 4000;
@@ -273,7 +303,7 @@ struct JobJson {
     last_error: Option<String>,
 }
 
-pub(crate) async fn jobs(Extract(state): Shared, Query(params): Params) -> ApiResult<JobsBody> {
+pub(crate) async fn jobs(Extract(state): Shared, Params(params): Params) -> ApiResult<JobsBody> {
     let filter = job_filter(&params)?;
     let page = with_client(&state, async |c| admin::jobs(c, &filter).await).await?;
     let jobs = page
@@ -328,7 +358,7 @@ struct ActionsJson {
     delete: bool,
 }
 
-pub(crate) async fn job(Extract(state): Shared, Path(id): Path<String>) -> ApiResult<JobDetailBody> {
+pub(crate) async fn job(Extract(state): Shared, RawId(id): RawId) -> ApiResult<JobDetailBody> {
     let id = job_id(&id)?;
     detail(&state, id).await.map(Json)
 }
@@ -437,7 +467,7 @@ struct QueueActivityJson {
     backlog: Vec<i64>,
 }
 
-pub(crate) async fn activity(Extract(state): Shared, Query(params): Params) -> Result<Response, ApiError> {
+pub(crate) async fn activity(Extract(state): Shared, Params(params): Params) -> Result<Response, ApiError> {
     let minutes = match params.get("minutes").map(String::as_str).filter(|m| !m.is_empty()) {
         None => 60,
         Some(raw) => raw.parse::<u32>().ok().filter(|m| (1..=1440).contains(m)).ok_or_else(|| {
@@ -478,18 +508,18 @@ pub(crate) async fn csrf(Extract(state): Shared) -> Json<CsrfBody> {
 // ---------------------------------------------------------------------------------------------
 // Changing
 
-pub(crate) async fn retry(state: Shared, headers: HeaderMap, id: Path<String>) -> ApiResult<JobDetailBody> {
+pub(crate) async fn retry(state: Shared, headers: HeaderMap, id: RawId) -> ApiResult<JobDetailBody> {
     act(state, headers, id, Action::Retry).await
 }
 
-pub(crate) async fn cancel(state: Shared, headers: HeaderMap, id: Path<String>) -> ApiResult<JobDetailBody> {
+pub(crate) async fn cancel(state: Shared, headers: HeaderMap, id: RawId) -> ApiResult<JobDetailBody> {
     act(state, headers, id, Action::Cancel).await
 }
 
 async fn act(
     Extract(state): Shared,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    RawId(id): RawId,
     action: Action,
 ) -> ApiResult<JobDetailBody> {
     let id = permitted(&state, &headers, &id)?;
@@ -507,7 +537,7 @@ pub(crate) struct DeletedBody {
 pub(crate) async fn delete(
     Extract(state): Shared,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    RawId(id): RawId,
 ) -> ApiResult<DeletedBody> {
     let id = permitted(&state, &headers, &id)?;
     let done = with_client(&state, async |c| admin::apply(c, id, Action::Delete).await).await?;

@@ -235,6 +235,8 @@ async fn bad_ids_and_filters_are_400_with_a_reason() {
         ("/admin/jobs/api/jobs/99999999999999999999", "positive integers"),
         ("/admin/jobs/api/activity?minutes=0", "minutes must be"),
         ("/admin/jobs/api/activity?minutes=99999", "minutes must be"),
+        ("/admin/jobs/api/jobs/%FF%FE", "bad job id"),
+        ("/admin/jobs/api/jobs?state=%ZZ", "unknown state `%ZZ`"),
     ] {
         let (status, body) = f.get(path).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
