@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-pub const WORKLOADS: [&str; 7] = ["enqueue", "bulk", "drain", "latency", "history", "idle", "memory"];
+pub const WORKLOADS: [&str; 8] =
+    ["enqueue", "enqueue16", "bulk", "drain", "latency", "history", "idle", "memory"];
 
 pub const USAGE: &str = "\
 koyo-job-bench: koyo-job next to raw-SQL baselines measured in the same run
@@ -10,7 +11,8 @@ koyo-job-bench: koyo-job next to raw-SQL baselines measured in the same run
 usage: cargo run --release -p koyo-job-bench -- [flags]
 
   --jobs N            jobs per drain, history drain, bulk enqueue and memory run (default 100000)
-  --enqueue-jobs N    single awaited enqueues (default jobs/10)
+  --enqueue-jobs N    single awaited enqueues, one client and again from --clients (default jobs/10)
+  --clients C         concurrent enqueuers sharing one broker for `enqueue16` (default 16)
   --pool1-jobs N      jobs for the pool_size 1 drain and its per-job baseline (default jobs/10)
   --history-rows N    finished rows, and again future-scheduled rows, for `history` (default 1000000)
   --latency-jobs N    jobs enqueued 5 ms apart for `latency` (default 500)
@@ -22,7 +24,7 @@ usage: cargo run --release -p koyo-job-bench -- [flags]
   --processes P       worker processes (pool_size 16 each) for `drain`; 0 skips it (default 2)
   --no-raw            skip the raw drain bounds (rows then have no ratio; for quick comparisons)
   --repeat R          run each throughput measurement R times and keep the median (default 1)
-  --only W[,W…]       run only these workloads: enqueue, bulk, drain, latency, history, idle, memory
+  --only W[,W…]       run only these workloads: enqueue, enqueue16, bulk, drain, latency, history, idle, memory
   --quick             a ~30 s smoke run: jobs 10000, history 100000, idle 5 s
   --svg PATH          also write a bar chart of the ratios as SVG
   -h, --help          this text
@@ -34,6 +36,8 @@ throwaway cluster); the benchmark creates a fresh database and drops it at the e
 pub struct Args {
     pub jobs: u64,
     pub enqueue_jobs: u64,
+    /// Concurrent enqueuers for `enqueue16`.
+    pub clients: usize,
     pub pool1_jobs: u64,
     pub history_rows: u64,
     pub latency_jobs: u64,
@@ -68,6 +72,7 @@ pub enum Command {
 pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut jobs = None;
     let mut enqueue_jobs = None;
+    let mut clients = 16;
     let mut pool1_jobs = None;
     let mut history_rows = None;
     let mut latency_jobs = None;
@@ -103,6 +108,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "-h" | "--help" => return Ok(Command::Help),
             "--jobs" => jobs = Some(number("--jobs", value("--jobs")?)?),
             "--enqueue-jobs" => enqueue_jobs = Some(number("--enqueue-jobs", value("--enqueue-jobs")?)?),
+            "--clients" => clients = number("--clients", value("--clients")?)? as usize,
             "--pool1-jobs" => pool1_jobs = Some(number("--pool1-jobs", value("--pool1-jobs")?)?),
             "--history-rows" => history_rows = Some(number("--history-rows", value("--history-rows")?)?),
             "--latency-jobs" => latency_jobs = Some(number("--latency-jobs", value("--latency-jobs")?)?),
@@ -172,6 +178,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Command, String> 
     Ok(Command::Bench(Args {
         jobs,
         enqueue_jobs: enqueue_jobs.unwrap_or((jobs / 10).max(100)),
+        clients,
         pool1_jobs: pool1_jobs.unwrap_or((jobs / 10).max(100)),
         history_rows: history_rows.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
         latency_jobs: latency_jobs.unwrap_or(500),

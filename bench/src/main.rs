@@ -120,6 +120,9 @@ async fn bench(args: Args) -> Res<bool> {
     if ctx.args.wants("enqueue") {
         enqueue(&ctx, &mut report).await?;
     }
+    if ctx.args.wants("enqueue16") {
+        enqueue_concurrent(&ctx, &mut report).await?;
+    }
     if ctx.args.wants("bulk") {
         bulk(&ctx, &mut report).await?;
     }
@@ -215,8 +218,8 @@ async fn machine(ctx: &Ctx) -> Res<Machine> {
     ));
     let a = &ctx.args;
     markdown.push_str(&format!(
-        "- jobs {} (pool_size 1: {}), single enqueues {}, history rows {} + {}, latency jobs {}, idle window {} s, repeat {}{}\n\n",
-        a.jobs, a.pool1_jobs, a.enqueue_jobs, a.history_rows, a.history_rows, a.latency_jobs, a.idle_secs, a.repeat, if a.quick { " (--quick)" } else { "" }
+        "- jobs {} (pool_size 1: {}), single enqueues {} (concurrent: {} clients), history rows {} + {}, latency jobs {}, idle window {} s, repeat {}{}\n\n",
+        a.jobs, a.pool1_jobs, a.enqueue_jobs, a.clients, a.history_rows, a.history_rows, a.latency_jobs, a.idle_secs, a.repeat, if a.quick { " (--quick)" } else { "" }
     ));
     let json = format!(
         r#"{{"kind":"machine","cpus":{cpus},"memory_gib":{mem_gib:.1},"cpu":"{}","postgresql":"{}",{}}}"#,
@@ -395,6 +398,113 @@ async fn enqueue(ctx: &Ctx, report: &mut Report) -> Res<()> {
         koyo,
         baseline: Some(baseline),
         other_ratios: Vec::new(),
+    });
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// enqueue16: N single awaited enqueues from C concurrent tasks sharing one broker.
+
+async fn enqueue_concurrent(ctx: &Ctx, report: &mut Report) -> Res<()> {
+    let n = ctx.args.enqueue_jobs;
+    let clients = ctx.args.clients;
+    // The application's pool as it would be sized for this many concurrent enqueuers.
+    let broker = Broker::new(
+        ctx.config.clone(),
+        BrokerOptions { max_connections: clients.max(16), ..BrokerOptions::default() },
+    )?;
+    let mut koyo_runs = Vec::new();
+    let mut raw_runs = Vec::new();
+    let mut silent_runs = Vec::new();
+    for _ in 0..ctx.args.repeat {
+        progress(&format!("enqueue16: {n} single INSERT + NOTIFY from {clients} connections (raw)"));
+        reset(ctx).await?;
+        settle(ctx).await?;
+        let (elapsed, mut ids) =
+            raw::enqueue_concurrent(&ctx.config, ctx.queue, ctx.job, n, clients, true).await?;
+        let check = check_enqueued(ctx, n, &mut ids).await?;
+        raw_runs.push(Measured {
+            name: format!(
+                "prepared INSERT … RETURNING id + pg_notify, one statement per job, {clients} conns"
+            ),
+            value: Value::rate(n, elapsed),
+            check,
+        });
+
+        progress(&format!(
+            "enqueue16: {n} awaited `enqueue_on` calls from {clients} tasks, one broker (koyo-job)"
+        ));
+        reset(ctx).await?;
+        // Open the pool's connections and prepare the statements first, as the raw loop does.
+        let warm: Vec<_> = (0..clients)
+            .map(|_| {
+                let broker = broker.clone();
+                tokio::spawn(async move { jobs::noop().enqueue_on(&broker).await })
+            })
+            .collect();
+        for task in warm {
+            task.await??;
+        }
+        reset(ctx).await?;
+        settle(ctx).await?;
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(clients + 1));
+        let mut tasks = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            let (broker, next, barrier) = (broker.clone(), next.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                barrier.wait().await;
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    ids.push(jobs::noop().enqueue_on(&broker).await?.0);
+                }
+                Ok::<Vec<i64>, Error>(ids)
+            }));
+        }
+        barrier.wait().await;
+        let started = Instant::now();
+        let mut ids = Vec::with_capacity(n as usize);
+        for task in tasks {
+            ids.extend(task.await??);
+        }
+        let elapsed = started.elapsed();
+        let check = check_enqueued(ctx, n, &mut ids).await?;
+        koyo_runs.push(Measured {
+            name: format!("Job::enqueue_on from {clients} tasks, one broker"),
+            value: Value::rate(n, elapsed),
+            check,
+        });
+
+        progress(&format!("enqueue16: {n} single INSERTs without NOTIFY from {clients} connections (raw)"));
+        reset(ctx).await?;
+        settle(ctx).await?;
+        let (elapsed, mut ids) =
+            raw::enqueue_concurrent(&ctx.config, ctx.queue, ctx.job, n, clients, false).await?;
+        let check = check_enqueued(ctx, n, &mut ids).await?;
+        silent_runs.push(Measured {
+            name: format!(
+                "prepared INSERT … RETURNING id without pg_notify, one statement per job, {clients} conns"
+            ),
+            value: Value::rate(n, elapsed),
+            check,
+        });
+    }
+    let koyo = median(koyo_runs);
+    let baseline = median(raw_runs);
+    let silent = median(silent_runs);
+    let r = ratio(&koyo, &baseline);
+    let other_ratios = ratio(&koyo, &silent)
+        .map(|r| vec![("raw INSERT without pg_notify".to_owned(), r)])
+        .unwrap_or_default();
+    report.baselines.push(("enqueue16_without_notify".to_owned(), silent));
+    report.rows.push(Row {
+        workload: "enqueue16",
+        variant: format!("{clients} concurrent clients, awaited"),
+        target: None,
+        ratio: r,
+        koyo,
+        baseline: Some(baseline),
+        other_ratios,
     });
     Ok(())
 }

@@ -25,6 +25,11 @@ const INSERT_ONE: &str = "
 WITH ins AS (INSERT INTO koyo_jobs (queue, job, args) VALUES ($1, $2, $3) RETURNING id)
 SELECT id, pg_notify('koyo_jobs', $1) FROM ins";
 
+/// [`INSERT_ONE`] without the notification: what the same inserts cost when their commits do
+/// not queue for PostgreSQL's notification lock (informational, next to the concurrent enqueue).
+const INSERT_ONE_SILENT: &str = "
+INSERT INTO koyo_jobs (queue, job, args) VALUES ($1, $2, $3) RETURNING id";
+
 /// A batch stored with one multi-row `unnest` insert, ids returned, one notification.
 const INSERT_MANY: &str = "
 WITH ins AS (
@@ -87,6 +92,46 @@ pub async fn enqueue_singles(config: &Config, queue: &str, job: &str, n: u64) ->
     for _ in 0..n {
         let row = client.query_one(&stmt, &[&queue, &job, &args]).await?;
         ids.push(row.get::<_, i64>(0));
+    }
+    Ok((started.elapsed(), ids))
+}
+
+/// N single inserts from `clients` connections at once, each awaiting its own statements one by
+/// one and taking the next job from a shared counter until all N are stored; with `notify`,
+/// each statement is [`INSERT_ONE`] (insert + `pg_notify`, one commit), without it the bare
+/// insert. The clock starts when every connection is open and prepared.
+pub async fn enqueue_concurrent(
+    config: &Config,
+    queue: &str,
+    job: &str,
+    n: u64,
+    clients: usize,
+    notify: bool,
+) -> Res<(Duration, Vec<i64>)> {
+    let barrier = std::sync::Arc::new(Barrier::new(clients + 1));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let client = connect(config).await?;
+        let stmt = client.prepare(if notify { INSERT_ONE } else { INSERT_ONE_SILENT }).await?;
+        let (barrier, next) = (barrier.clone(), next.clone());
+        let (queue, job) = (queue.to_owned(), job.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let args: Vec<u8> = Vec::new();
+            let mut ids = Vec::new();
+            barrier.wait().await;
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let row = client.query_one(&stmt, &[&queue, &job, &args]).await?;
+                ids.push(row.get::<_, i64>(0));
+            }
+            Ok::<Vec<i64>, crate::Error>(ids)
+        }));
+    }
+    barrier.wait().await;
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(n as usize);
+    for task in tasks {
+        ids.extend(task.await??);
     }
     Ok((started.elapsed(), ids))
 }

@@ -188,7 +188,7 @@ impl Report {
         }
         let others: Vec<&Row> = self.rows.iter().filter(|r| !r.other_ratios.is_empty()).collect();
         if !others.is_empty() {
-            out.push_str("\nThe same drains against the other raw bounds:\n\n");
+            out.push_str("\nThe same rows against other raw bounds:\n\n");
             out.push_str("| workload | ratio |\n|---|---|\n");
             for row in others {
                 for (name, ratio) in &row.other_ratios {
@@ -413,6 +413,7 @@ fn chart_baseline(row: &Row) -> String {
         row.other_ratios.first().map(|(_, r)| format!("; {r:.2} vs DELETE bound")).unwrap_or_default();
     match (row.workload, row.variant.as_str()) {
         ("enqueue", _) => "raw INSERT + NOTIFY".to_owned(),
+        ("enqueue16", _) => "raw INSERT + NOTIFY, as many connections".to_owned(),
         ("bulk", _) => "raw unnest INSERT".to_owned(),
         ("drain", "pool_size 1") => format!("raw per-job loop (UPDATE){delete}"),
         ("drain", _) => format!("(a) UPDATE bound{delete}"),

@@ -47,6 +47,39 @@ FROM ins",
     types: &[Type::TEXT, Type::TEXT, Type::BYTEA, Type::INT2, Type::INT4, Type::TIMESTAMPTZ, Type::FLOAT8],
 };
 
+/// [`INSERT_ONE`] without the notification, for an enqueue the broker commits itself while
+/// another enqueue on the same queue is in flight: the broker announces the job afterwards with
+/// [`NOTIFY_QUEUES`] (see `Broker::enqueue`). Returns the id and whether the job went to
+/// `scheduled` (true) or `ready` (false), which says on which channel to announce it.
+///
+/// Params: as [`INSERT_ONE`].
+pub const INSERT_ONE_QUIET: Statement = Statement {
+    sql: "
+WITH input AS (
+    SELECT COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)) AS at
+)
+INSERT INTO koyo_jobs (queue, job, args, priority, max_attempts, scheduled_at, status)
+SELECT $1::text, $2::text, $3::bytea, $4::int2, $5::int4, input.at,
+       CASE WHEN input.at > now() THEN 'scheduled' ELSE 'ready' END
+FROM input
+RETURNING id, status = 'scheduled'",
+    types: &[Type::TEXT, Type::TEXT, Type::BYTEA, Type::INT2, Type::INT4, Type::TIMESTAMPTZ, Type::FLOAT8],
+};
+
+/// Announces jobs already committed: one notification per (channel, queue) pair, in one
+/// statement and one commit. The commit carries nothing that must survive a crash, so it does
+/// not wait for its WAL flush (`synchronous_commit` off for this transaction only): the
+/// cluster-wide lock a notifying commit holds is released sooner.
+///
+/// Params: channels, queues (parallel arrays).
+pub const NOTIFY_QUEUES: Statement = Statement {
+    sql: "
+SELECT count(*)
+FROM set_config('synchronous_commit', 'off', true) AS s,
+     LATERAL (SELECT pg_notify(c, q) FROM unnest($1::text[], $2::text[]) AS t(c, q)) AS n",
+    types: &[Type::TEXT_ARRAY, Type::TEXT_ARRAY],
+};
+
 /// Inserts many jobs in one statement from parallel arrays, then sends one notification per
 /// distinct queue and state. Returns the new ids in input order.
 ///

@@ -1,5 +1,5 @@
-//! Chaos suite, load: 50,000 jobs enqueued one by one in a burst (each enqueue is its own
-//! transaction with its own NOTIFY), with a listening worker, then again with a poll-only
+//! Chaos suite, load: 50,000 jobs enqueued one by one in a burst (each enqueue its own
+//! transaction; concurrent ones share a trailing NOTIFY), with a listening worker, then again with a poll-only
 //! worker in PgBouncer mode. Scenario 10 of the reliability issue.
 
 use std::time::{Duration, Instant};

@@ -348,3 +348,246 @@ async fn stored_arguments_render_for_display_through_their_definition() {
     let garbage = registry.render_args("enqueue::send_welcome", &[0xff; 3]).unwrap_err();
     assert!(matches!(garbage, koyo_job::RenderError::Decode(_)), "{garbage:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// One notification for many concurrent enqueues (`Broker::enqueue`): every committed job still
+// wakes a listening worker at once, never waiting for a poll.
+
+#[define_job(name = "tests.enqueue.fanin", queue = "fanin")]
+async fn fanin(n: i64) {
+    let _ = n;
+}
+
+/// Blocked in its INSERT (by the trigger [`hold_inserts_of`] installs) for as long as the test
+/// holds the advisory lock: an enqueue that stays in flight.
+#[define_job(name = "tests.enqueue.held", queue = "fanin")]
+async fn held() {}
+
+/// Makes every INSERT of job `name` wait for advisory lock 4242, and records which backend
+/// inserted each job (`inserted_by`).
+async fn hold_inserts_of(env: &koyo_job_tests::Env, name: &str) {
+    env.broker
+        .client()
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "CREATE TABLE inserted_by (id bigint PRIMARY KEY, pid int NOT NULL);
+             CREATE FUNCTION hold_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.job = '{name}' THEN PERFORM pg_advisory_xact_lock_shared(4242); END IF;
+                 INSERT INTO inserted_by VALUES (NEW.id, pg_backend_pid());
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER hold_insert BEFORE INSERT ON koyo_jobs FOR EACH ROW EXECUTE FUNCTION hold_insert();"
+        ))
+        .await
+        .unwrap();
+}
+
+/// A plain connection that LISTENs on both channels and forwards (channel, payload, pid).
+async fn listener(
+    env: &koyo_job_tests::Env,
+) -> (koyo_job::tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<(String, String, i32)>) {
+    use koyo_job::tokio_postgres::{AsyncMessage, NoTls};
+    let (client, mut connection) = env.db.config().connect(NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned(), n.process_id()));
+            }
+        }
+    });
+    client.batch_execute("LISTEN koyo_jobs; LISTEN koyo_jobs_scheduled").await.unwrap();
+    (client, rx)
+}
+
+async fn next_notification(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String, i32)>,
+) -> (String, String, i32) {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a notification within 10 s")
+        .expect("the listener is alive")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_from_16_tasks_all_start_without_waiting_for_a_poll() {
+    let env = env().await;
+    // Polls every 30 s: a job not announced would wait that long.
+    let worker = env.listening_worker("fanin").await;
+    let started = std::time::Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (broker, next) = (env.broker.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= 300 {
+                        break;
+                    }
+                    fanin(n).enqueue_on(&broker).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    env.wait_for_count("SELECT count(*) FROM koyo_jobs WHERE status = 'done'", 300, Duration::from_secs(10))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    worker.shutdown().await;
+    assert_eq!(env.query("SELECT count(*) FROM koyo_jobs", &[]).await[0].get::<_, i64>(0), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stored_while_another_enqueue_is_in_flight_is_announced_without_it() {
+    let env = env().await;
+    hold_inserts_of(&env, "tests.enqueue.held").await;
+    let worker = env.listening_worker("fanin").await;
+
+    // Enqueue A stays in flight (its INSERT waits for the lock) and would notify in its commit.
+    let lock = env.broker.client().await.unwrap();
+    lock.batch_execute("SELECT pg_advisory_lock(4242)").await.unwrap();
+    let broker = env.broker.clone();
+    let a = tokio::spawn(async move { held().enqueue_on(&broker).await.unwrap() });
+    env.wait_for_count(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // B, on the same queue and broker, is stored without a notification of its own: only the
+    // broker's trailing notification can wake the worker (it polls every 30 s).
+    let b = fanin(1).enqueue_on(&env.broker).await.unwrap();
+    env.wait_for_status(b, "done", Duration::from_secs(10)).await;
+    assert!(!a.is_finished(), "A must still be in flight: B's wake-up came from its own notification");
+
+    lock.batch_execute("SELECT pg_advisory_unlock(4242)").await.unwrap();
+    let a = a.await.unwrap();
+    env.wait_for_status(a, "done", Duration::from_secs(10)).await;
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_enqueue_notifies_in_its_own_commit() {
+    let env = env().await;
+    hold_inserts_of(&env, "none").await;
+    let (_listen, mut rx) = listener(&env).await;
+    for n in 0..5 {
+        let id = fanin(n).enqueue_on(&env.broker).await.unwrap();
+        let (channel, payload, pid) = next_notification(&mut rx).await;
+        assert_eq!((channel.as_str(), payload.as_str()), ("koyo_jobs", "fanin"));
+        let inserted_by: i32 =
+            env.query("SELECT pid FROM inserted_by WHERE id = $1", &[&id.0]).await[0].get(0);
+        assert_eq!(
+            pid, inserted_by,
+            "the notification of job {id} must come from the backend that inserted it"
+        );
+    }
+    // A scheduled job, alone, is announced the same way on the scheduled channel.
+    let id = fanin(9).after(Duration::from_secs(3600)).enqueue_on(&env.broker).await.unwrap();
+    let (channel, payload, pid) = next_notification(&mut rx).await;
+    assert_eq!((channel.as_str(), payload.as_str()), ("koyo_jobs_scheduled", "fanin"));
+    let inserted_by: i32 = env.query("SELECT pid FROM inserted_by WHERE id = $1", &[&id.0]).await[0].get(0);
+    assert_eq!(pid, inserted_by);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_dropped_right_after_concurrent_enqueues_still_announces_them_and_closes() {
+    let env = env().await;
+    let worker = env.listening_worker("fanin").await;
+    let mut config = env.db.config().clone();
+    config.application_name("koyo-job-dropped");
+    let broker = Broker::new(config, BrokerOptions::default()).unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..4 {
+                    ids.push(fanin(t * 10 + i).enqueue_on(&broker).await.unwrap());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await.unwrap());
+    }
+    drop(broker);
+    assert_eq!(ids.len(), 64);
+    // Every job still runs at once (the worker polls every 30 s) ...
+    env.wait_for_count("SELECT count(*) FROM koyo_jobs WHERE status = 'done'", 64, Duration::from_secs(10))
+        .await;
+    // ... and the dropped broker's connections close: nothing keeps its pool alive.
+    env.wait_for_count(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'koyo-job-dropped'",
+        0,
+        Duration::from_secs(10),
+    )
+    .await;
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_in_a_transaction_notifies_only_at_commit_even_among_concurrent_enqueues() {
+    let env = env().await;
+    let (_listen, mut rx) = listener(&env).await;
+    // Concurrent enqueues on the broker, on the same queue, keep its notifier busy meanwhile.
+    let broker = env.broker.clone();
+    let noise = tokio::spawn(async move {
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    for i in 0..10 {
+                        fanin(1000 + t * 10 + i).enqueue_on(&broker).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    noise.await.unwrap();
+
+    let mut client = env.broker.client().await.unwrap();
+    let tx_pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    // This pooled connection may have carried the broker's trailing notifications before we
+    // took it: let everything it sent arrive first.
+    client.batch_execute("NOTIFY koyo_jobs, 'flushed'").await.unwrap();
+    while next_notification(&mut rx).await.1 != "flushed" {}
+
+    let tx = client.transaction().await.unwrap();
+    let id = fanin(1).with_priority(7).enqueue_in(&tx).await.unwrap();
+    // A marker sent after the transactional enqueue, from another connection: notifications
+    // arrive in commit order, so anything the open transaction had sent would come before it.
+    env.query("SELECT pg_notify('koyo_jobs', 'marker')", &[]).await;
+    let mut seen_before_marker = Vec::new();
+    loop {
+        let (channel, payload, pid) = next_notification(&mut rx).await;
+        if payload == "marker" {
+            break;
+        }
+        seen_before_marker.push((channel, payload, pid));
+    }
+    assert!(
+        seen_before_marker.iter().all(|(_, _, pid)| *pid != tx_pid),
+        "the open transaction notified before its commit: {seen_before_marker:?}"
+    );
+    assert!(env.query("SELECT 1 FROM koyo_jobs WHERE id = $1", &[&id.0]).await.is_empty());
+    tx.commit().await.unwrap();
+    loop {
+        let (channel, payload, pid) = next_notification(&mut rx).await;
+        if pid == tx_pid {
+            assert_eq!((channel.as_str(), payload.as_str()), ("koyo_jobs", "fanin"));
+            break;
+        }
+    }
+}
