@@ -132,7 +132,7 @@ struct Settings {
     retention: Retention,
     prune_interval: Duration,
     listen: bool,
-    /// Jobs claimed ahead of free slots while draining a backlog; `None`: twice `pool_size`.
+    /// Jobs claimed ahead of free slots while draining a backlog; `None`: four times `pool_size`.
     prefetch: Option<usize>,
 }
 
@@ -144,7 +144,7 @@ impl Settings {
 
     /// How many claimed jobs may wait in the worker for a free slot.
     fn prefetch(&self) -> usize {
-        self.prefetch.unwrap_or(self.pool_size.saturating_mul(2).min(100_000))
+        self.prefetch.unwrap_or(self.pool_size.saturating_mul(4).min(100_000))
     }
 }
 
@@ -237,7 +237,7 @@ impl WorkerBuilder {
     }
 
     /// At most how many jobs beyond its free slots the worker claims ahead while it drains a
-    /// backlog (default: twice `pool_size`; 0 turns prefetching off). Prefetched jobs wait in
+    /// backlog (default: four times `pool_size`; 0 turns prefetching off). Prefetched jobs wait in
     /// the worker, already `running` under its name and covered by its heartbeat, so a slot
     /// that frees starts the next job without a round trip, and each claim fetches more jobs at
     /// once. A worker prefetches only while its last claim came back full, and only as many
@@ -1257,7 +1257,9 @@ async fn prune(broker: Broker, retention: Retention, every: Duration) {
                 }
             }
         }
-        pause = if deleted > 0 { every } else { (pause * 2).clamp(every, every * 32) };
+        // Nothing to delete: look half as often each time, from twice `every` (the start-up
+        // look finding nothing is the usual case of a fresh or quiet queue), up to 32 times.
+        pause = if deleted > 0 { every } else { (pause * 2).clamp(every * 2, every * 32) };
     }
 }
 
