@@ -86,6 +86,7 @@ pub fn parse_id(raw: &str) -> Option<i64> {
 
 /// One queue: its jobs in each state, and its lag.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct QueueCounts {
     pub queue: String,
     pub scheduled: i64,
@@ -164,6 +165,7 @@ impl Default for JobFilter {
 
 /// A job as listed.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct JobSummary {
     pub id: i64,
     pub queue: String,
@@ -179,6 +181,7 @@ pub struct JobSummary {
 
 /// One page of jobs, and the `before` of the next (older) page if there is one.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct JobPage {
     pub jobs: Vec<JobSummary>,
     pub next_before: Option<i64>,
@@ -517,6 +520,7 @@ pub async fn prune(client: &Client, states: &[String], older_than_secs: f64) -> 
 
 /// One registered worker process.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct WorkerInfo {
     pub id: i64,
     pub hostname: String,
@@ -574,9 +578,12 @@ pub async fn workers(client: &Client) -> Result<Vec<WorkerInfo>, AdminError> {
 /// Per queue and minute: jobs finished done and failed, and the ready backlog, over the last
 /// `minutes` minutes, reconstructed from the rows retention keeps.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Activity {
     /// The start of the first minute (RFC 3339, UTC).
     pub start: String,
+    /// The width of a bucket in seconds: 60.
+    pub step_secs: u32,
     /// Buckets per series (one per minute).
     pub buckets: usize,
     pub queues: Vec<QueueActivity>,
@@ -584,6 +591,7 @@ pub struct Activity {
 
 /// One queue's series, oldest minute first, each [`Activity::buckets`] long.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct QueueActivity {
     pub queue: String,
     /// Jobs that finished `done` in each minute.
@@ -684,5 +692,5 @@ pub async fn activity(client: &Client, minutes: u32) -> Result<Activity, AdminEr
             *value = level.max(0);
         }
     }
-    Ok(Activity { start, buckets, queues })
+    Ok(Activity { start, step_secs: 60, buckets, queues })
 }

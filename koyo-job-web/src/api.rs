@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use koyo_job::admin::{self, Action, AdminError, JobFilter};
 use koyo_job::tokio_postgres::Client;
 use serde::Serialize;
+use serde_json::json;
 
 use crate::{State, csrf};
 
@@ -243,86 +244,18 @@ impl SharedAnswer {
 // ---------------------------------------------------------------------------------------------
 // Reading
 
-#[derive(Serialize)]
-struct QueuesBody {
-    queues: Vec<QueueJson>,
-}
-
-#[derive(Serialize)]
-struct QueueJson {
-    queue: String,
-    scheduled: i64,
-    ready: i64,
-    running: i64,
-    done: i64,
-    failed: i64,
-    cancelled: i64,
-    lag_secs: Option<f64>,
-}
-
 pub(crate) async fn queues(Extract(state): Shared) -> Result<Response, ApiError> {
     state
         .queues
         .get_or_compute(0, QUEUES_TTL, async || {
-            let queues = with_client(&state, async |c| admin::queues(c).await).await?;
-            let queues = queues
-                .into_iter()
-                .map(|q| QueueJson {
-                    queue: q.queue,
-                    scheduled: q.scheduled,
-                    ready: q.ready,
-                    running: q.running,
-                    done: q.done,
-                    failed: q.failed,
-                    cancelled: q.cancelled,
-                    lag_secs: q.lag_secs,
-                })
-                .collect();
-            Ok(QueuesBody { queues })
+            Ok(json!({ "queues": with_client(&state, async |c| admin::queues(c).await).await? }))
         })
         .await
 }
 
-#[derive(Serialize)]
-pub(crate) struct JobsBody {
-    jobs: Vec<JobJson>,
-    next_before: Option<i64>,
-}
-
-#[derive(Serialize)]
-struct JobJson {
-    id: i64,
-    queue: String,
-    job: String,
-    status: String,
-    priority: i16,
-    attempts: i32,
-    max_attempts: i32,
-    scheduled_at: String,
-    finished_at: Option<String>,
-    last_error: Option<String>,
-}
-
-pub(crate) async fn jobs(Extract(state): Shared, Params(params): Params) -> ApiResult<JobsBody> {
+pub(crate) async fn jobs(Extract(state): Shared, Params(params): Params) -> ApiResult<admin::JobPage> {
     let filter = job_filter(&params)?;
-    let page = with_client(&state, async |c| admin::jobs(c, &filter).await).await?;
-    let jobs = page
-        .jobs
-        .into_iter()
-        .map(|j| JobJson {
-            id: j.id,
-            queue: j.queue,
-            job: j.job,
-            status: j.status,
-            priority: j.priority,
-            attempts: j.attempts,
-            max_attempts: j.max_attempts,
-            scheduled_at: j.scheduled_at,
-            finished_at: j.finished_at,
-            last_error: j.last_error,
-        })
-        .collect();
-    Ok(Json(JobsBody { jobs, next_before: page.next_before }))
+    with_client(&state, async |c| admin::jobs(c, &filter).await).await.map(Json)
 }
 
 #[derive(Serialize)]
@@ -412,59 +345,8 @@ fn render_args(job: &str, bytes: &[u8]) -> ArgsJson {
     }
 }
 
-#[derive(Serialize)]
-pub(crate) struct WorkersBody {
-    workers: Vec<WorkerJson>,
-}
-
-#[derive(Serialize)]
-struct WorkerJson {
-    id: i64,
-    hostname: String,
-    pid: i32,
-    queues: Vec<String>,
-    pool_size: i32,
-    started_at: String,
-    heartbeat_age_secs: f64,
-    lease_secs: f64,
-    live: bool,
-    running: i64,
-}
-
-pub(crate) async fn workers(Extract(state): Shared) -> ApiResult<WorkersBody> {
-    let workers = with_client(&state, async |c| admin::workers(c).await).await?;
-    let workers = workers
-        .into_iter()
-        .map(|w| WorkerJson {
-            id: w.id,
-            hostname: w.hostname,
-            pid: w.pid,
-            queues: w.queues,
-            pool_size: w.pool_size,
-            started_at: w.started_at,
-            heartbeat_age_secs: w.heartbeat_age_secs,
-            lease_secs: w.lease_secs,
-            live: w.live,
-            running: w.running,
-        })
-        .collect();
-    Ok(Json(WorkersBody { workers }))
-}
-
-#[derive(Serialize)]
-struct ActivityBody {
-    start: String,
-    step_secs: u32,
-    buckets: usize,
-    queues: Vec<QueueActivityJson>,
-}
-
-#[derive(Serialize)]
-struct QueueActivityJson {
-    queue: String,
-    completed: Vec<i64>,
-    failed: Vec<i64>,
-    backlog: Vec<i64>,
+pub(crate) async fn workers(Extract(state): Shared) -> ApiResult<serde_json::Value> {
+    Ok(Json(json!({ "workers": with_client(&state, async |c| admin::workers(c).await).await? })))
 }
 
 pub(crate) async fn activity(Extract(state): Shared, Params(params): Params) -> Result<Response, ApiError> {
@@ -480,18 +362,7 @@ pub(crate) async fn activity(Extract(state): Shared, Params(params): Params) -> 
     state
         .activity
         .get_or_compute(minutes, ACTIVITY_TTL, async || {
-            let activity = with_client(&state, async |c| admin::activity(c, minutes).await).await?;
-            let queues = activity
-                .queues
-                .into_iter()
-                .map(|q| QueueActivityJson {
-                    queue: q.queue,
-                    completed: q.completed,
-                    failed: q.failed,
-                    backlog: q.backlog,
-                })
-                .collect();
-            Ok(ActivityBody { start: activity.start, step_secs: 60, buckets: activity.buckets, queues })
+            with_client(&state, async |c| admin::activity(c, minutes).await).await
         })
         .await
 }
