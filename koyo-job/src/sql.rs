@@ -146,13 +146,20 @@ WITH picked AS MATERIALIZED (
     WHERE EXISTS (SELECT 1 FROM koyo_workers WHERE id = $3)
     ORDER BY c.priority, c.scheduled_at, c.id
     LIMIT $2
+), claimed AS (
+    UPDATE koyo_jobs AS j
+    SET status = 'running', attempts = j.attempts + 1, started_at = now(), worker_id = $3
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id, j.queue, j.job, j.args, j.attempts, j.max_attempts,
+              EXTRACT(EPOCH FROM now() - j.scheduled_at)::float8 AS waited_secs,
+              j.priority, j.scheduled_at
 )
-UPDATE koyo_jobs AS j
-SET status = 'running', attempts = j.attempts + 1, started_at = now(), worker_id = $3
-FROM picked
-WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.job, j.args, j.attempts, j.max_attempts,
-          EXTRACT(EPOCH FROM now() - j.scheduled_at)::float8 AS waited_secs",
+-- In claim order, which `UPDATE … RETURNING` does not keep: the worker starts (and prefetches)
+-- jobs in the order it gets them.
+SELECT id, queue, job, args, attempts, max_attempts, waited_secs
+FROM claimed
+ORDER BY priority, scheduled_at, id",
     types: &[Type::TEXT_ARRAY, Type::INT8, Type::INT8],
 };
 
