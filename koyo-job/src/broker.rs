@@ -5,13 +5,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
-use crate::error::Error;
+use crate::error::{Error, QuietLog};
 use crate::job::{IntoNewJob, JobId, NewJob, RunAt};
 use crate::{sql, telemetry};
 
@@ -353,7 +353,8 @@ async fn announce(broker: Broker, announcer: Arc<Announcer>) {
     let mut running = NotifierRunning { announcer: announcer.clone(), armed: true };
     let mut broker = broker;
     let mut pause = RETRY_FIRST;
-    let mut log = RateLimitedLog::default();
+    // Workers also poll, so a failed notification delays jobs; it loses none.
+    let mut log = QuietLog::new("broker", "notifying workers of enqueued jobs");
     loop {
         let batch: Vec<(bool, &'static str)> = {
             let mut state = announcer.lock();
@@ -387,29 +388,6 @@ async fn announce(broker: Broker, announcer: Arc<Announcer>) {
 
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// Logs a failed notification at most every 10 s, counting the failures held back.
-#[derive(Default)]
-struct RateLimitedLog {
-    last: Option<Instant>,
-    held_back: u64,
-}
-
-impl RateLimitedLog {
-    fn error(&mut self, error: &Error) {
-        if self.last.is_some_and(|last| last.elapsed() < Duration::from_secs(10)) {
-            self.held_back += 1;
-            return;
-        }
-        tracing::warn!(
-            %error,
-            held_back = self.held_back,
-            "koyo-job broker: notifying workers of enqueued jobs failed; retrying (workers also poll)"
-        );
-        self.last = Some(Instant::now());
-        self.held_back = 0;
-    }
-}
 
 /// Stores one job through `client`, which may be inside an open transaction.
 pub(crate) async fn enqueue_with<C: Executor + ?Sized>(client: &C, job: NewJob) -> Result<JobId, Error> {

@@ -141,3 +141,38 @@ impl fmt::Display for JobFailure {
         }
     }
 }
+
+/// Logs a failing database call at most once every 10 s, counting the failures it held back:
+/// for the loops that retry on their own (a worker's claims, ticks, writes; the broker's
+/// notifier), so that a database outage is reported, not repeated thousands of times.
+pub(crate) struct QuietLog {
+    component: &'static str,
+    what: &'static str,
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl QuietLog {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// `component` ("worker", "broker") and what it was doing, for the message.
+    pub(crate) fn new(component: &'static str, what: &'static str) -> Self {
+        QuietLog { component, what, last: None, held_back: 0 }
+    }
+
+    pub(crate) fn error(&mut self, error: &Error) {
+        if self.last.is_some_and(|last| last.elapsed() < Self::EVERY) {
+            self.held_back += 1;
+            return;
+        }
+        tracing::warn!(
+            %error,
+            held_back = self.held_back,
+            "koyo-job {}: {} failed; retrying",
+            self.component,
+            self.what
+        );
+        self.last = Some(std::time::Instant::now());
+        self.held_back = 0;
+    }
+}

@@ -20,7 +20,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tracing::Instrument;
 
 use crate::broker::Broker;
-use crate::error::{Error, JobFailure};
+use crate::error::{Error, JobFailure, QuietLog};
 use crate::job::{JobContext, JobFuture, JobId};
 use crate::middleware::{JobInfo, Middleware, Next, Outcome};
 use crate::name;
@@ -468,31 +468,6 @@ async fn register(broker: &Broker, settings: &Settings) -> Result<i64, Error> {
     Ok(row.get(0))
 }
 
-/// Logs a failing database call at most once per `every`, counting the ones it held back.
-struct QuietLog {
-    what: &'static str,
-    last: Option<Instant>,
-    held_back: u64,
-}
-
-impl QuietLog {
-    const EVERY: Duration = Duration::from_secs(10);
-
-    fn new(what: &'static str) -> Self {
-        QuietLog { what, last: None, held_back: 0 }
-    }
-
-    fn error(&mut self, error: &Error) {
-        if self.last.is_some_and(|last| last.elapsed() < Self::EVERY) {
-            self.held_back += 1;
-            return;
-        }
-        tracing::warn!(%error, held_back = self.held_back, "koyo-job worker: {} failed; retrying", self.what);
-        self.last = Some(Instant::now());
-        self.held_back = 0;
-    }
-}
-
 /// Claims, ticks and finally shuts down.
 async fn main_loop(
     shared: Arc<Shared>,
@@ -504,8 +479,8 @@ async fn main_loop(
     let mut may_have_work = true;
     let mut next_tick = Instant::now();
     let mut next_due: Option<Instant> = None;
-    let mut claim_log = QuietLog::new("claiming jobs");
-    let mut tick_log = QuietLog::new("heartbeat");
+    let mut claim_log = QuietLog::new("worker", "claiming jobs");
+    let mut tick_log = QuietLog::new("worker", "heartbeat");
     let mut retry_at: Option<Instant> = None;
     let mut drain_deadline: Option<Instant> = None;
     // Claim in batches: while draining a backlog (the last claim came back full), claim ahead
@@ -1026,7 +1001,7 @@ enum ToCompleter {
 /// Writes attempt results, batching whatever has queued up since the last write.
 async fn complete(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<ToCompleter>) {
     const MAX_BATCH: usize = 1000;
-    let mut log = QuietLog::new("writing job results");
+    let mut log = QuietLog::new("worker", "writing job results");
     let mut last = false;
     while !last {
         let Some(first) = rx.recv().await else { break };
@@ -1236,7 +1211,7 @@ async fn prune(broker: Broker, retention: Retention, every: Duration) {
     }
     let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
     let (done, failed, cancelled) = (secs(retention.done), secs(retention.failed), secs(retention.cancelled));
-    let mut log = QuietLog::new("deleting expired finished jobs");
+    let mut log = QuietLog::new("worker", "deleting expired finished jobs");
     // The first look is at start-up; afterwards every `pause`.
     let mut pause = Duration::ZERO;
     loop {
@@ -1268,7 +1243,7 @@ async fn prune(broker: Broker, retention: Retention, every: Duration) {
 /// catch up on anything announced while it was away.
 async fn listen(shared: Arc<Shared>) {
     let mut pause = Duration::from_millis(100);
-    let mut log = QuietLog::new("listening for notifications");
+    let mut log = QuietLog::new("worker", "listening for notifications");
     loop {
         let started = Instant::now();
         if let Err(e) = listen_once(&shared).await {
