@@ -83,29 +83,24 @@ impl ApiError {
 impl From<AdminError> for ApiError {
     fn from(error: AdminError) -> Self {
         match error {
-            AdminError::NotFound(id) => ApiError::new(StatusCode::NOT_FOUND, format!("no job with id {id}")),
+            AdminError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
             AdminError::Refused(why) => ApiError::new(StatusCode::CONFLICT, why),
-            other => database_error(&other),
+            // Told the way the runtime tells it: with the server's message.
+            AdminError::Database(error) => koyo_job::Error::from(error).into(),
+            other => database_error(other.to_string()),
         }
     }
 }
 
 impl From<koyo_job::Error> for ApiError {
     fn from(error: koyo_job::Error) -> Self {
-        database_error(&error)
+        database_error(error.to_string())
     }
 }
 
-/// 503 with the error and its causes (the server's message is in tokio-postgres's source);
-/// none of them carries the connection's password.
-fn database_error(error: &dyn std::error::Error) -> ApiError {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
+/// 503 with what went wrong; `koyo_job::Error` includes the server's message, and never the
+/// connection's password.
+fn database_error(message: String) -> ApiError {
     tracing::warn!(error = %message, "koyo-job admin: a database request failed");
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
 }
