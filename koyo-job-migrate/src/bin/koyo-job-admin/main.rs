@@ -87,10 +87,6 @@ enum Command {
 enum CliError {
     #[error("{0}")]
     Usage(UsageError),
-    #[error("{0}")]
-    Refused(String),
-    #[error("no job with id {0}")]
-    NotFound(i64),
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error(transparent)]
@@ -115,8 +111,8 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
-            CliError::Refused(_) => 3,
-            CliError::NotFound(_) => 4,
+            CliError::Query(AdminError::Refused(_)) => 3,
+            CliError::Query(AdminError::NotFound(_)) => 4,
             _ => 1,
         }
     }
@@ -420,7 +416,7 @@ async fn jobs(client: &Client, json: bool, filter: &JobFilter) -> Result<String,
 }
 
 async fn show(client: &Client, json: bool, id: i64) -> Result<String, CliError> {
-    let job = admin::job(client, id).await?.ok_or(CliError::NotFound(id))?;
+    let job = admin::job(client, id).await?.ok_or(AdminError::NotFound(id))?;
     if json {
         return Ok(format!(
             "{}\n",
@@ -481,11 +477,7 @@ async fn show(client: &Client, json: bool, id: i64) -> Result<String, CliError> 
 }
 
 async fn apply(client: &Client, json: bool, id: i64, action: Action) -> Result<String, CliError> {
-    let done = admin::apply(client, id, action).await.map_err(|error| match error {
-        AdminError::NotFound(id) => CliError::NotFound(id),
-        AdminError::Refused(why) => CliError::Refused(why),
-        other => CliError::Query(other),
-    })?;
+    let done = admin::apply(client, id, action).await?;
     if json {
         return Ok(format!(
             "{}\n",
