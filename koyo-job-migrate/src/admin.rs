@@ -252,6 +252,7 @@ pub async fn jobs(client: &Client, filter: &JobFilter) -> Result<JobPage, AdminE
 
 /// One job, whole.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct JobDetail {
     pub id: i64,
     pub queue: String,
@@ -266,9 +267,11 @@ pub struct JobDetail {
     pub finished_at: Option<String>,
     pub worker_id: Option<i64>,
     /// Whether the job is running on a live worker (which no action may disturb).
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub on_live_worker: bool,
     pub last_error: Option<String>,
     /// The stored arguments (bincode; decoding them needs the job's Rust types).
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub args: Vec<u8>,
 }
 

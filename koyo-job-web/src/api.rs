@@ -253,21 +253,12 @@ pub(crate) async fn jobs(Extract(state): Shared, Params(params): Params) -> ApiR
     with_client(&state, async |c| admin::jobs(c, &filter).await).await.map(Json)
 }
 
+/// A job as `admin::job` reads it (its raw arguments left out), with them decoded for display
+/// and the actions its state allows.
 #[derive(Serialize)]
 pub(crate) struct JobDetailBody {
-    id: i64,
-    queue: String,
-    job: String,
-    status: String,
-    priority: i16,
-    attempts: i32,
-    max_attempts: i32,
-    created_at: String,
-    scheduled_at: String,
-    started_at: Option<String>,
-    finished_at: Option<String>,
-    worker_id: Option<i64>,
-    last_error: Option<String>,
+    #[serde(flatten)]
+    job: admin::JobDetail,
     args: ArgsJson,
     actions: ActionsJson,
 }
@@ -299,23 +290,7 @@ async fn detail(state: &State, id: i64) -> Result<JobDetailBody, ApiError> {
         cancel: allowed(Action::Cancel),
         delete: allowed(Action::Delete),
     };
-    Ok(JobDetailBody {
-        args: render_args(&job.job, &job.args),
-        actions,
-        id: job.id,
-        queue: job.queue,
-        job: job.job,
-        status: job.status,
-        priority: job.priority,
-        attempts: job.attempts,
-        max_attempts: job.max_attempts,
-        created_at: job.created_at,
-        scheduled_at: job.scheduled_at,
-        started_at: job.started_at,
-        finished_at: job.finished_at,
-        worker_id: job.worker_id,
-        last_error: job.last_error,
-    })
+    Ok(JobDetailBody { args: render_args(&job.job, &job.args), actions, job })
 }
 
 /// The arguments through this binary's definition of the job, truncated; or why not.
