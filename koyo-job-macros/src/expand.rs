@@ -11,26 +11,37 @@
 //!     }
 //!     let args: (i64, String,) = (user_id, email,);
 //!     {
-//!         const _: () = assert_argument::<i64>();          // one per argument, at its type
-//!         const _: () = assert_argument::<String>();
-//!         struct __KoyoJobProbe<A>(PhantomData<A>);        // + the traits `__KoyoJobStored`/`Unstored`
+//!         // Per argument, at its type: can serde store it and read it back, is it `Send + 'static`?
+//!         (&&&ArgumentCheck::<i64>::NEW).check_storable::<i64>();
+//!         const _: () = assert_sendable::<i64>();
+//!         (&&&ArgumentCheck::<String>::NEW).check_storable::<String>();
+//!         const _: () = assert_sendable::<String>();
+//!         use {Stored, Unstored, Spawned, Unspawned, Storable, LacksSerialize, …} as _;
 //!         fn run((arg0, arg1,): (i64, String,), ctx: JobContext) -> JobFuture {
-//!             box_body(__KoyoJob::send_welcome(arg0, arg1, ctx))
+//!             box_body((&Args::<(i64, String,)>::NEW).spawnable(__KoyoJob::send_welcome(arg0, arg1, ctx)))
 //!         }
 //!         fn run_encoded(bytes: &[u8], ctx: JobContext) -> Result<JobFuture, DecodeError> {
-//!             let args = (&__KoyoJobProbe::<(i64, String,)>(PhantomData)).decode(bytes)?;   // decode_args
+//!             let args = (&Args::<(i64, String,)>::NEW).decode(bytes)?;
 //!             Ok(run(args, ctx))
 //!         }
 //!         fn render(bytes: &[u8]) -> Result<String, DecodeError> {                         // for the admin page
-//!             let (arg0, arg1,) = (&__KoyoJobProbe::<(i64, String,)>(PhantomData)).decode(bytes)?;
+//!             let (arg0, arg1,) = (&Args::<(i64, String,)>::NEW).decode(bytes)?;
 //!             // "user_id: 42, email: \"…\"", each value by `ShowArg`: Debug, or a placeholder
 //!         }
 //!         static DESCRIPTOR: JobDescriptor = JobDescriptor { name, queue, …, run: run_encoded, render };
 //!         inventory::submit! { Registration(&DESCRIPTOR) }
-//!         (&__KoyoJobProbe::<(i64, String,)>(PhantomData)).job(&DESCRIPTOR, run, args)    // job(…)
+//!         (&Args::<(i64, String,)>::NEW).job(&DESCRIPTOR, run, args)
 //!     }
 //! }
 //! ```
+//!
+//! An argument type that cannot be one gets one error per cause, at that argument, in the words
+//! of a trait of koyo-job's: `ArgumentCheck`'s autoref specialisation picks the single error
+//! naming what serde lacks (`Serialize`, `Deserialize` or both), and `assert_sendable` reports a
+//! type that is not `Send`. Every use of the whole tuple goes through `Args`, whose autoref
+//! specialisation falls back to methods that are never called (`Unstored`, `Unspawned`) when an
+//! argument type is wrong, so that nothing else reports it again. With an argument that is not
+//! `Send`, that includes the body's future not being `Send` (`box_body` gets a stand-in).
 //!
 //! Everything lives inside the stub, so a job adds exactly one name to its module.
 //! `inventory::submit!` works there: it only defines items (a static and a constructor placed in
@@ -47,8 +58,8 @@
 //! while diagnostics such as "future returned by `send_welcome` is not `Send`" use the job's name.
 //! The other items sit in an inner block that the body cannot see, and the arguments are moved
 //! into a hidden tuple before it, so an argument called `run` still means the argument. The
-//! argument types are resolved in that inner block, so its type-level items have `__KoyoJob`
-//! names too.
+//! argument types are resolved in that inner block too; it defines no types of its own (its
+//! traits are imported as `_`), so they mean what they mean outside.
 
 use proc_macro2::{Literal, TokenStream};
 use quote::{quote, quote_spanned};
@@ -124,9 +135,6 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
     let output = job.output();
 
     let namespace = hidden("__KoyoJob");
-    let probe = hidden("__KoyoJobProbe");
-    let stored = hidden("__KoyoJobStored");
-    let unstored = hidden("__KoyoJobUnstored");
     let run = hidden("run");
     let run_encoded = hidden("run_encoded");
     let descriptor = hidden("DESCRIPTOR");
@@ -152,23 +160,30 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
         .iter()
         .map(|JobArg { attrs, mutability, ident, ty }| quote!(#(#attrs)* #mutability #ident: #ty));
 
-    // Each argument type is checked on its own, so a type that cannot be stored is reported at
-    // that argument, in the words of `JobArgument`'s diagnostic.
-    let assertions = types.iter().map(|ty| {
+    // Each argument type is checked on its own, so a type that cannot be an argument is reported
+    // at that argument, once per cause, each cause in its own words: whether serde can store it
+    // and read it back (one error naming what it lacks: `ArgumentCheck`'s autoref
+    // specialisation), and whether it is `Send + 'static`.
+    let checks = types.iter().map(|ty| {
         let span = ty.span();
         let rt = located_at(rt.clone(), span);
-        quote_spanned!(span=> const _: () = #rt::assert_argument::<#ty>();)
+        quote_spanned! {span=>
+            (&&&#rt::ArgumentCheck::<#ty>::NEW).check_storable::<#ty>();
+            const _: () = #rt::assert_sendable::<#ty>();
+        }
     });
 
     // `box_body` is where the body's future must be `Send` and its output a `JobOutput`: the
     // whole call gets the span of the return type (or of the name), so those errors point at the
-    // signature rather than at the attribute.
+    // signature rather than at the attribute. (With an argument that is not `Send`, the future
+    // cannot be either; `Args` then hands `box_body` a stand-in, the argument's check having
+    // reported it.)
     let signature_span = match output {
         ReturnType::Type(_, ty) => ty.span(),
         ReturnType::Default => ident.span(),
     };
     let boxed = {
-        let call = quote!(#rt::box_body(#namespace::#ident(#(#values,)* #ctx)));
+        let call = quote!(#rt::box_body((&#rt::Args::<#tuple>::NEW).spawnable(#namespace::#ident(#(#values,)* #ctx))));
         located_at(call, signature_span)
     };
 
@@ -200,8 +215,6 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
-    let run_fn = quote!(fn(A, #rt::JobContext) -> #rt::JobFuture);
-    let decoded = quote!(::core::result::Result<A, #rt::DecodeError>);
 
     quote! {
         #(#attrs)*
@@ -228,37 +241,16 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
 
             let #args_var: #tuple = (#(#names,)*);
             {
-                #(#assertions)*
+                #(#checks)*
 
-                // Autoref specialisation: `…Stored` applies when the arguments can be stored, and
-                // otherwise `…Unstored` keeps this code compiling, so that an argument type that
-                // cannot be stored is reported once, by its assertion above, and not again (at the
-                // attribute) by every use of the whole tuple.
-                struct #probe<A>(::core::marker::PhantomData<A>);
-                trait #stored<A> {
-                    fn job(&self, descriptor: &'static #rt::JobDescriptor, run: #run_fn, args: A) -> #krate::Job<A>;
-                    fn decode(&self, bytes: &[u8]) -> #decoded;
-                }
-                impl<A: #rt::JobArgument> #stored<A> for #probe<A> {
-                    fn job(&self, descriptor: &'static #rt::JobDescriptor, run: #run_fn, args: A) -> #krate::Job<A> {
-                        #rt::job(descriptor, run, args)
-                    }
-                    fn decode(&self, bytes: &[u8]) -> #decoded {
-                        #rt::decode_args(bytes)
-                    }
-                }
-                trait #unstored<A> {
-                    fn job(&self, descriptor: &'static #rt::JobDescriptor, run: #run_fn, args: A) -> #krate::Job<A>;
-                    fn decode(&self, bytes: &[u8]) -> #decoded;
-                }
-                impl<A> #unstored<A> for &#probe<A> {
-                    fn job(&self, _: &'static #rt::JobDescriptor, _: #run_fn, _: A) -> #krate::Job<A> {
-                        ::core::unreachable!()
-                    }
-                    fn decode(&self, _: &[u8]) -> #decoded {
-                        ::core::unreachable!()
-                    }
-                }
+                // The whole tuple's uses go through `Args`, whose autoref specialisation keeps
+                // them compiling when an argument type is wrong, so that it is reported once, by
+                // its argument's check above, and not again (at the attribute) by every use.
+                #[allow(unused_imports)]
+                use #rt::{
+                    LacksBoth as _, LacksDeserialize as _, LacksSerialize as _, Spawned as _, Storable as _,
+                    Stored as _, Unspawned as _, Unstored as _,
+                };
 
                 fn #run((#(#values,)*): #tuple, #ctx: #rt::JobContext) -> #rt::JobFuture {
                     #boxed
@@ -268,7 +260,7 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
                     #bytes: &[u8],
                     #ctx: #rt::JobContext,
                 ) -> ::core::result::Result<#rt::JobFuture, #rt::DecodeError> {
-                    let #args_var = (&#probe::<#tuple>(::core::marker::PhantomData)).decode(#bytes)?;
+                    let #args_var = (&#rt::Args::<#tuple>::NEW).decode(#bytes)?;
                     ::core::result::Result::Ok(#run(#args_var, #ctx))
                 }
 
@@ -276,7 +268,7 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
                     #[allow(unused_imports)]
                     use #rt::{ShowDebug as _, ShowOpaque as _};
                     #[allow(unused_variables)]
-                    let (#(#values,)*): #tuple = (&#probe::<#tuple>(::core::marker::PhantomData)).decode(#bytes)?;
+                    let (#(#values,)*): #tuple = (&#rt::Args::<#tuple>::NEW).decode(#bytes)?;
                     #[allow(unused_mut)]
                     let mut #out = ::std::string::String::new();
                     #(#show_args)*
@@ -297,7 +289,7 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
 
                 #rt::inventory::submit! { #rt::Registration(&#descriptor) }
 
-                (&#probe::<#tuple>(::core::marker::PhantomData)).job(&#descriptor, #run, #args_var)
+                (&#rt::Args::<#tuple>::NEW).job(&#descriptor, #run, #args_var)
             }
         }
     }

@@ -34,6 +34,19 @@ pub enum AdminError {
     /// The job's state does not allow the action; the message says why and what would.
     #[error("{0}")]
     Refused(String),
+    /// koyo-job's tables are not in the database: it was never migrated (or the connection's
+    /// `search_path` does not lead to them).
+    #[error(
+        "koyo-job's tables are missing from this database ({0}): create them with `koyo-job-migrate` \
+         (or koyo_job::migrate(&broker) in the application)"
+    )]
+    SchemaMissing(String),
+    /// The database was migrated by an older koyo-job than this one.
+    #[error(
+        "the database's koyo-job schema is out of date ({0}): upgrade it with `koyo-job-migrate` \
+         (or koyo_job::migrate(&broker) in the application)"
+    )]
+    SchemaOutdated(String),
     /// The database refused or failed the query.
     #[error("the query failed")]
     Database(#[source] tokio_postgres::Error),
@@ -41,7 +54,17 @@ pub enum AdminError {
 
 impl From<tokio_postgres::Error> for AdminError {
     fn from(error: tokio_postgres::Error) -> Self {
-        AdminError::Database(error)
+        use tokio_postgres::error::SqlState;
+        let message = || error.as_db_error().map(|db| db.message().to_owned()).unwrap_or_default();
+        match error.code() {
+            Some(&SqlState::UNDEFINED_TABLE) if message().contains("koyo_") => {
+                AdminError::SchemaMissing(message())
+            }
+            Some(&SqlState::UNDEFINED_COLUMN | &SqlState::UNDEFINED_FUNCTION) => {
+                AdminError::SchemaOutdated(message())
+            }
+            _ => AdminError::Database(error),
+        }
     }
 }
 

@@ -613,6 +613,16 @@ async fn the_url_may_come_from_database_url() {
     assert_eq!(json(&output).get("queues").items().len(), 0);
 }
 
+#[tokio::test]
+async fn a_database_that_was_never_migrated_is_named_as_such_with_the_fix() {
+    let db = TestDatabase::create().await.unwrap();
+    for command in ["queues", "jobs", "workers"] {
+        let output = run(&[command], Some(&db.url()));
+        fails(&output, 1, "koyo-job's tables are missing from this database");
+        assert!(stderr(&output).contains("koyo-job-migrate"), "{}", stderr(&output));
+    }
+}
+
 #[test]
 fn bad_command_lines_are_usage_errors() {
     let url = "postgresql://nobody@127.0.0.1:1/none";

@@ -10,7 +10,7 @@ use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State as Extract};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use koyo_job::admin::{self, Action, AdminError, JobFilter};
 use koyo_job::tokio_postgres::Client;
@@ -406,6 +406,15 @@ fn past_tense(action: Action) -> &'static str {
 
 pub(crate) async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such page or API route")
+}
+
+/// A route asked with a method it does not serve. axum adds the `Allow` header listing the
+/// methods it does.
+pub(crate) async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on this route (the Allow header lists the methods that are)"),
+    )
 }
 
 #[cfg(test)]

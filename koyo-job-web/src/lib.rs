@@ -26,7 +26,7 @@
 //! the jobs — usually the application itself.
 //!
 //! Routes (relative to the mount point; every API answer is JSON, errors are
-//! `{"error": "…"}` with status 400, 403, 404, 409 or 503):
+//! `{"error": "…"}` with status 400, 403, 404, 405, 409 or 503):
 //!
 //! | method and path | what |
 //! |---|---|
@@ -50,6 +50,12 @@
 mod api;
 mod csrf;
 mod page;
+
+/// `docs/operations.md`, whose Rust snippet (mounting this router) is a doc-test of this crate:
+/// `koyo-job`'s doc-tests, which cover the other guides, cannot depend on axum.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/operations.md")]
+struct OperationsGuide;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,10 +125,13 @@ impl Admin {
             "mount the admin page at a path like \"/admin/jobs\""
         );
         let target = path.to_owned();
-        Router::new().nest(path, self.router()).route(
-            &format!("{path}/"),
-            get(move || async move { axum::response::Redirect::permanent(&target) }),
-        )
+        Router::new()
+            .nest(path, self.router())
+            .route(
+                &format!("{path}/"),
+                get(move || async move { axum::response::Redirect::permanent(&target) }),
+            )
+            .method_not_allowed_fallback(api::method_not_allowed)
     }
 
     /// The router, to `nest` under a path of your choice; the page answers at that path.
@@ -147,6 +156,8 @@ impl Admin {
             .route("/api/workers", get(api::workers))
             .route("/api/activity", get(api::activity))
             .route("/api/csrf", get(api::csrf))
+            // After every route: it replaces axum's empty 405 on the routes added so far.
+            .method_not_allowed_fallback(api::method_not_allowed)
             .fallback(api::not_found)
             .layer(axum::middleware::from_fn(page::headers))
             .with_state(state)

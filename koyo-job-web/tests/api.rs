@@ -459,3 +459,71 @@ async fn activity_counts_finished_jobs_per_minute_and_the_backlog() {
     let (_, again) = f.get("/admin/jobs/api/activity").await;
     assert_eq!(again, body);
 }
+
+/// Checks that an answer is a JSON error: `{"error": "…"}` with a JSON content type.
+fn json_error(what: &str, body: &str, headers: &[(String, String)]) -> String {
+    assert!(
+        headers.iter().any(|(k, v)| k == "content-type" && v.starts_with("application/json")),
+        "{what}: not JSON: {headers:?}"
+    );
+    let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: {e}: {body}"));
+    error_of(&body).to_owned()
+}
+
+#[tokio::test]
+async fn wrong_methods_and_unknown_api_paths_are_json_errors() {
+    let f = Fixture::new().await;
+    let id = f.enqueue(1).await;
+    let header = |headers: &[(String, String)], name: &str| {
+        headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default()
+    };
+
+    // A method the route does not serve: 405, JSON, and axum's `Allow` with the ones it does.
+    for (method, path, allowed) in [
+        (Method::GET, format!("/admin/jobs/api/jobs/{id}/retry"), "POST"),
+        (Method::GET, format!("/admin/jobs/api/jobs/{id}/cancel"), "POST"),
+        (Method::PUT, format!("/admin/jobs/api/jobs/{id}"), "GET,HEAD,DELETE"),
+        (Method::PATCH, format!("/admin/jobs/api/jobs/{id}"), "GET,HEAD,DELETE"),
+        (Method::POST, "/admin/jobs/api/queues".to_owned(), "GET,HEAD"),
+        (Method::DELETE, "/admin/jobs/api/jobs".to_owned(), "GET,HEAD"),
+    ] {
+        let what = format!("{method} {path}");
+        let (status, body, headers) = f.call(method.clone(), &path, &[("x-koyo-csrf", TOKEN)]).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{what}: {body}");
+        let error = json_error(&what, &body, &headers);
+        assert!(error.contains(method.as_str()) && error.contains("not allowed"), "{what}: {error}");
+        assert_eq!(header(&headers, "allow"), allowed, "{what}");
+        assert_eq!(header(&headers, "x-frame-options"), "DENY", "{what}: the page's headers too");
+    }
+    // The mount point's `path/` redirect too (it is outside the page's headers).
+    let (status, body, headers) = f.call(Method::POST, "/admin/jobs/", &[]).await;
+    assert_eq!((status, header(&headers, "allow")), (StatusCode::METHOD_NOT_ALLOWED, "GET,HEAD".into()));
+    assert!(json_error("POST /admin/jobs/", &body, &headers).contains("POST is not allowed"));
+    // Nothing was changed by them.
+    assert_eq!(f.status_of(id).await.as_deref(), Some("ready"));
+
+    // A path no route serves: 404, JSON, whatever the method and however the router is mounted.
+    let nested = Router::new().nest("/ops/queue", Admin::new(f.broker.clone()).router());
+    for (app, method, path) in [
+        (&f.app, Method::GET, "/admin/jobs/api/nothing-here"),
+        (&f.app, Method::GET, "/admin/jobs/api/"),
+        (&f.app, Method::POST, &*format!("/admin/jobs/api/jobs/{id}/explode")),
+        (&f.app, Method::PUT, "/admin/jobs/api/queues/mail"),
+        (&nested, Method::GET, "/ops/queue/api/nothing-here"),
+        (&nested, Method::DELETE, "/ops/queue/api/jobs/1/2/3"),
+    ] {
+        let what = format!("{method} {path}");
+        let request = Request::builder().method(method).uri(path).body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{what}: {body}");
+        assert!(json_error(&what, &body, &headers).contains("no such"), "{what}: {body}");
+    }
+}

@@ -30,6 +30,13 @@ pub enum Error {
         "job arguments take {size} bytes, over the limit of {limit} bytes; store large data elsewhere and pass its key"
     )]
     ArgsTooLarge { size: usize, limit: usize },
+    /// The arguments nest deeper than [`crate::MAX_ARGS_DEPTH`] levels, which no worker would
+    /// decode.
+    #[error(
+        "job arguments nest more than {limit} levels deep, deeper than workers decode (so that no \
+         stored row can overflow their stack); flatten the value, or store it elsewhere and pass its key"
+    )]
+    ArgsTooDeep { limit: usize },
     /// The arguments could not be serialized.
     #[error("job arguments could not be serialized: {0}")]
     Serialize(String),
@@ -45,6 +52,24 @@ pub enum Error {
     /// The database rejected a statement or the connection failed.
     #[error("database error: {}", describe(.0))]
     Database(tokio_postgres::Error),
+    /// koyo-job's tables are not in the database (or not on the connection's `search_path`).
+    #[error(
+        "koyo-job's tables are missing from this database ({detail}): create them with the \
+         `koyo-job-migrate` command, or call koyo_job::migrate(&broker) at start-up"
+    )]
+    SchemaMissing {
+        /// What showed it (the server's message).
+        detail: String,
+    },
+    /// The database's koyo-job schema is older than this build needs.
+    #[error(
+        "the database's koyo-job schema is out of date ({detail}): upgrade it with the \
+         `koyo-job-migrate` command, or call koyo_job::migrate(&broker) at start-up"
+    )]
+    SchemaOutdated {
+        /// What showed it: the versions, or the server's message.
+        detail: String,
+    },
     /// The database is read-only: a hot standby, or `default_transaction_read_only` is on.
     #[error(
         "the database is read-only (a hot standby, or default_transaction_read_only is on): jobs \
@@ -85,6 +110,23 @@ pub enum Error {
     Inline { job: &'static str, failure: JobFailure },
 }
 
+impl Error {
+    /// The SQLSTATE code of a database error, if this is one.
+    pub(crate) fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Database(e) | Error::ReadOnly(e) => e.code().map(|code| code.code()),
+            _ => None,
+        }
+    }
+
+    /// Whether the database refused the statement's data itself (SQLSTATE class 22, data
+    /// exception, or 23, integrity constraint violation): sending the same statement again
+    /// would fail again, unlike a lost connection or a time-out.
+    pub(crate) fn is_permanent(&self) -> bool {
+        self.sqlstate().is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+    }
+}
+
 /// tokio-postgres's errors display only their kind ("db error", "error connecting to server"):
 /// add the server's message, or the underlying cause. Neither holds connection settings.
 fn describe(error: &tokio_postgres::Error) -> String {
@@ -97,10 +139,20 @@ fn describe(error: &tokio_postgres::Error) -> String {
 
 impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Self {
-        if e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) {
-            Error::ReadOnly(e)
-        } else {
-            Error::Database(e)
+        use tokio_postgres::error::SqlState;
+        let message = || e.as_db_error().map(|db| db.message().to_owned()).unwrap_or_default();
+        match e.code() {
+            Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => Error::ReadOnly(e),
+            // koyo-job's statements name only its own tables: one of them missing means the
+            // database was never migrated (or the search_path does not lead to them) ...
+            Some(&SqlState::UNDEFINED_TABLE) if message().contains("koyo_") => {
+                Error::SchemaMissing { detail: message() }
+            }
+            // ... and a column or function missing, that it was migrated by an older koyo-job.
+            Some(&SqlState::UNDEFINED_COLUMN | &SqlState::UNDEFINED_FUNCTION) => {
+                Error::SchemaOutdated { detail: message() }
+            }
+            _ => Error::Database(e),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -154,7 +155,10 @@ impl<A: JobArgument> Job<A> {
         let args = codec::encode(&self.args)?;
         // A type can serialize into something its own Deserialize rejects (untagged enums,
         // `deserialize_any`): refuse it now instead of storing a job no worker can decode.
-        codec::decode::<A>(&args).map_err(|e| Error::Unrepresentable(e.to_string()))?;
+        codec::decode::<A>(&args).map_err(|e| match e {
+            codec::DecodeError::TooDeep { limit } => Error::ArgsTooDeep { limit },
+            e => Error::Unrepresentable(e.to_string()),
+        })?;
         Ok(NewJob {
             queue: self.descriptor.queue,
             name: self.descriptor.name,
@@ -266,15 +270,131 @@ impl<A: JobArgument> IntoNewJob for Job<A> {
     }
 }
 
-/// The types a job can take as arguments: anything serde can store and read back.
+/// The types a job can take as arguments: anything serde can store and read back, that can be
+/// sent to the worker thread that runs the job. A job's arguments are stored as one tuple, which
+/// is a `JobArgument` when each of them is.
+///
+/// `#[define_job]` checks each argument on its own, so a definition with an argument that is not
+/// one gets an error at that argument naming what it lacks; this trait's own error shows only
+/// where such a job is used.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be a job argument: it must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
-    label = "not storable as a job argument",
-    note = "derive `serde::Serialize` and `serde::Deserialize` for it, or pass an id and load the value inside the job"
+    message = "`{Self}` cannot be job arguments: they must implement `serde::Serialize` and `serde::de::DeserializeOwned`, and be `Send + 'static`",
+    label = "not storable as job arguments",
+    note = "the errors at the `#[define_job]` function say which argument lacks what"
 )]
 pub trait JobArgument: Serialize + DeserializeOwned + Send + 'static {}
 
 impl<T: Serialize + DeserializeOwned + Send + 'static> JobArgument for T {}
+
+// What `#[define_job]` checks each argument type with, one trait per cause, so that each gets an
+// error of its own wording. `do_not_recommend` makes rustc report the trait below rather than
+// serde's (whose error lists every type that does implement it).
+
+/// An argument type with `Serialize` but not `Deserialize`.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a job argument: it implements `serde::Serialize` but not `serde::Deserialize`",
+    label = "cannot be read back from the stored job",
+    note = "a worker deserializes the arguments to run the job: add `#[derive(serde::Deserialize)]` to `{Self}`, or pass an id and load the value inside the job"
+)]
+pub trait DeserializableArgument {}
+
+#[diagnostic::do_not_recommend]
+impl<T: DeserializeOwned> DeserializableArgument for T {}
+
+/// An argument type with `Deserialize` but not `Serialize`.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a job argument: it implements `serde::Deserialize` but not `serde::Serialize`",
+    label = "cannot be stored with the job",
+    note = "the arguments are serialized when the job is enqueued: add `#[derive(serde::Serialize)]` to `{Self}`, or pass an id and load the value inside the job"
+)]
+pub trait SerializableArgument {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + ?Sized> SerializableArgument for T {}
+
+/// An argument type with neither.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a job argument: it implements neither `serde::Serialize` nor `serde::Deserialize`",
+    label = "cannot be stored with the job",
+    note = "the arguments are serialized when the job is enqueued and deserialized by the worker that runs it",
+    note = "for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]`; otherwise pass a type serde supports, or an id and load the value inside the job"
+)]
+pub trait StorableArgument {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned> StorableArgument for T {}
+
+/// An argument type that cannot go to another thread. `do_not_recommend` keeps this headline
+/// even when the part that is not `Send` is a field deep inside the type (rustc would otherwise
+/// use `Send`'s own, which does not mention the argument).
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a job argument: it is not `Send`",
+    label = "not `Send`",
+    note = "a job's arguments move into its future, which a worker spawns onto its thread pool, so they must be `Send + 'static`",
+    note = "pass owned, thread-safe data instead (a `String` rather than an `Rc<String>`), or an id and load the value inside the job"
+)]
+pub trait SendableArgument {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Send + 'static> SendableArgument for T {}
+
+/// One argument type `T`, checked by autoref specialisation:
+/// `(&&&ArgumentCheck::<T>::NEW).check_storable::<T>()` resolves to the first of [`Storable`],
+/// [`LacksDeserialize`], [`LacksSerialize`] and [`LacksBoth`] whose impl applies to `T`, and each
+/// of the last three has a bound that `T` cannot meet, so a type is reported once, for what it
+/// lacks. (The bound is on the method's own parameter, `T` written out again, because rustc
+/// then points at the whole type rather than at its first token.) Whether `T` is `Send` is
+/// checked separately, with [`SendableArgument`].
+#[doc(hidden)]
+pub struct ArgumentCheck<T>(PhantomData<T>);
+
+impl<T> ArgumentCheck<T> {
+    pub const NEW: Self = ArgumentCheck(PhantomData);
+}
+
+/// See [`ArgumentCheck`].
+#[doc(hidden)]
+pub trait Storable {
+    fn check_storable<U>(&self);
+}
+
+impl<T: Serialize + DeserializeOwned> Storable for &&&ArgumentCheck<T> {
+    fn check_storable<U>(&self) {}
+}
+
+/// See [`ArgumentCheck`].
+#[doc(hidden)]
+pub trait LacksDeserialize {
+    fn check_storable<U: DeserializableArgument>(&self);
+}
+
+impl<T: Serialize> LacksDeserialize for &&ArgumentCheck<T> {
+    fn check_storable<U: DeserializableArgument>(&self) {}
+}
+
+/// See [`ArgumentCheck`].
+#[doc(hidden)]
+pub trait LacksSerialize {
+    fn check_storable<U: SerializableArgument>(&self);
+}
+
+impl<T: DeserializeOwned> LacksSerialize for &ArgumentCheck<T> {
+    fn check_storable<U: SerializableArgument>(&self) {}
+}
+
+/// See [`ArgumentCheck`].
+#[doc(hidden)]
+pub trait LacksBoth {
+    fn check_storable<U: StorableArgument>(&self);
+}
+
+impl<T> LacksBoth for ArgumentCheck<T> {
+    fn check_storable<U: StorableArgument>(&self) {}
+}
 
 /// The return types a job body may have: `()` or `Result<(), E>` where `E` displays.
 #[diagnostic::on_unimplemented(

@@ -36,6 +36,8 @@
 
 mod broker;
 mod codec;
+#[cfg(doctest)]
+mod doc_snippets;
 mod error;
 mod inline;
 mod job;
@@ -44,6 +46,7 @@ mod name;
 mod registry;
 mod sql;
 mod telemetry;
+mod text;
 mod worker;
 
 #[cfg(feature = "testing")]
@@ -58,7 +61,7 @@ pub use tokio_postgres;
 pub use broker::{
     Broker, BrokerOptions, Executor, current_broker, enqueue_many_in, set_current_broker, with_broker,
 };
-pub use codec::{DecodeError, MAX_ARGS_BYTES};
+pub use codec::{DecodeError, MAX_ARGS_BYTES, MAX_ARGS_DEPTH};
 pub use error::{Error, JobFailure};
 pub use inline::run_jobs_inline;
 pub use job::{
@@ -133,22 +136,93 @@ macro_rules! retry {
 /// Not public API: the items generated code refers to. They may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::codec::{DecodeError, decode as decode_args};
+    pub use crate::codec::DecodeError;
     pub use crate::job::{
-        IntoDelay, JobArgument, JobContext, JobDescriptor, JobFuture, JobOutput, Registration,
+        ArgumentCheck, DeserializableArgument, IntoDelay, JobArgument, JobContext, JobDescriptor, JobFuture,
+        JobOutput, LacksBoth, LacksDeserialize, LacksSerialize, Registration, SendableArgument,
+        SerializableArgument, Storable, StorableArgument,
     };
     pub use inventory;
 
+    use crate::codec;
     use crate::job::{Job, RetryRequest};
     use std::future::Future;
+    use std::marker::PhantomData;
 
-    /// Builds the value a job stub returns.
-    pub fn job<A: JobArgument>(
-        descriptor: &'static JobDescriptor,
-        run: fn(A, JobContext) -> JobFuture,
-        args: A,
-    ) -> Job<A> {
-        Job::new(descriptor, run, args)
+    /// Checks that one argument type is `Send + 'static`, so the error points at that argument.
+    /// (Whether it can be stored is checked by [`ArgumentCheck`].)
+    pub const fn assert_sendable<T: SendableArgument>() {}
+
+    /// A job's argument tuple `A`, for autoref specialisation in the generated code:
+    /// `(&Args::<A>::NEW).job(…)` and `.decode(…)` resolve to [`Stored`] when `A` is a
+    /// [`JobArgument`] and to [`Unstored`] otherwise, `.spawnable(…)` to [`Spawned`] when `A` is
+    /// `Send + 'static` and to [`Unspawned`] otherwise. The `Un…` impls are only ever picked in a
+    /// build that fails (never run): they keep the expansion compiling when an argument type is
+    /// wrong, so that it is reported once, by that argument's own check, and not again by every
+    /// use of the whole tuple.
+    pub struct Args<A>(PhantomData<A>);
+
+    /// A job's `run` before its arguments are encoded: see [`Job`].
+    type RunArgs<A> = fn(A, JobContext) -> JobFuture;
+
+    impl<A> Args<A> {
+        pub const NEW: Self = Args(PhantomData);
+    }
+
+    /// See [`Args`].
+    pub trait Stored<A> {
+        /// Builds the value a job stub returns.
+        fn job(&self, descriptor: &'static JobDescriptor, run: RunArgs<A>, args: A) -> Job<A>;
+        /// Decodes the stored arguments.
+        fn decode(&self, bytes: &[u8]) -> Result<A, DecodeError>;
+    }
+
+    impl<A: JobArgument> Stored<A> for Args<A> {
+        fn job(&self, descriptor: &'static JobDescriptor, run: RunArgs<A>, args: A) -> Job<A> {
+            Job::new(descriptor, run, args)
+        }
+        fn decode(&self, bytes: &[u8]) -> Result<A, DecodeError> {
+            codec::decode(bytes)
+        }
+    }
+
+    /// See [`Args`].
+    pub trait Unstored<A> {
+        fn job(&self, descriptor: &'static JobDescriptor, run: RunArgs<A>, args: A) -> Job<A>;
+        fn decode(&self, bytes: &[u8]) -> Result<A, DecodeError>;
+    }
+
+    impl<A> Unstored<A> for &Args<A> {
+        fn job(&self, _: &'static JobDescriptor, _: RunArgs<A>, _: A) -> Job<A> {
+            unreachable!("an argument type of this job cannot be stored, and the build failed")
+        }
+        fn decode(&self, _: &[u8]) -> Result<A, DecodeError> {
+            unreachable!("an argument type of this job cannot be stored, and the build failed")
+        }
+    }
+
+    /// See [`Args`]: the body's future as it is.
+    pub trait Spawned<A> {
+        fn spawnable<F: Future>(&self, body: F) -> F;
+    }
+
+    impl<A: Send + 'static> Spawned<A> for Args<A> {
+        fn spawnable<F: Future>(&self, body: F) -> F {
+            body
+        }
+    }
+
+    /// See [`Args`]. With an argument that is not `Send`, the body's future cannot be either,
+    /// which that argument's check has reported already: [`box_body`] gets a stand-in with the
+    /// same output instead, so that the return type is still checked but `Send` not again.
+    pub trait Unspawned<A> {
+        fn spawnable<F: Future>(&self, body: F) -> std::future::Pending<F::Output>;
+    }
+
+    impl<A> Unspawned<A> for &Args<A> {
+        fn spawnable<F: Future>(&self, _: F) -> std::future::Pending<F::Output> {
+            std::future::pending()
+        }
     }
 
     /// Boxes a job body's future; the bounds give readable errors for non-`Send` bodies and
@@ -188,9 +262,6 @@ pub mod __private {
             out.push_str("<no Debug>");
         }
     }
-
-    /// Checks one argument type, so the error points at that argument.
-    pub const fn assert_argument<T: JobArgument>() {}
 
     /// What a rewritten `retry!(…)` evaluates to: records the request and yields the value the
     /// body returns to end the attempt.

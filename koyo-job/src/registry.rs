@@ -85,6 +85,11 @@ impl Registry {
         (descriptor.render)(args).map_err(RenderError::Decode)
     }
 
+    /// Every job definition of this binary.
+    pub(crate) fn jobs(&self) -> impl Iterator<Item = &'static JobDescriptor> + '_ {
+        self.by_name.values().copied()
+    }
+
     /// The stored names of every job this binary can run.
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.by_name.keys().copied()

@@ -110,6 +110,11 @@ SELECT COALESCE(array_agg(id ORDER BY id), '{}'), (SELECT count(*) FROM notified
     ],
 };
 
+/// The database's schema version, checked when a worker starts. Fails with SQLSTATE 42P01
+/// when koyo-job's tables were never created.
+pub const SCHEMA_VERSION: Statement =
+    Statement { sql: "SELECT max(version) FROM koyo_job_migrations", types: &[] };
+
 /// Registers a worker process. Params: hostname, pid, queues, pool_size, lease in seconds.
 pub const REGISTER_WORKER: Statement = Statement {
     sql: "
@@ -256,24 +261,25 @@ SELECT COALESCE(array_agg(id), '{}'), (SELECT count(*) FROM notified) FROM upd",
 /// A worker's periodic look around, in one round trip:
 /// - heartbeat: refresh this worker's lease (`alive` is false if another worker has already
 ///   declared it dead, and it must register again);
-/// - rescue (when `$4`): delete workers whose heartbeat is older than `$3` seconds and give
+/// - rescue (when `$3`): delete workers whose heartbeat is older than their own lease (the one
+///   each registered: workers of one fleet may be configured differently) and give
 ///   their running jobs (and running jobs of workers that no longer exist) back to `ready`, or
 ///   `failed` when out of attempts;
 /// - promote this worker's due `scheduled` jobs to `ready`;
 /// - notify queues that got ready jobs;
-/// - give back jobs claimed in this worker's name that it does not hold (`$5`): claims whose
+/// - give back jobs claimed in this worker's name that it does not hold (`$4`): claims whose
 ///   reply was lost (a statement timeout, a broken connection) but which the server committed;
 /// - report whether ready jobs are waiting, and when the next scheduled one is due;
-/// - when `$6`, report each queue's ready count and lag (for the metrics gauges).
+/// - when `$5`, report each queue's ready count and lag (for the metrics gauges).
 ///
-/// Params: worker id, queues, lease seconds, rescue?, ids of the jobs the worker holds, sample?
+/// Params: worker id, queues, rescue?, ids of the jobs the worker holds, sample?
 pub const TICK: Statement = Statement {
     sql: "
 WITH beat AS (
     UPDATE koyo_workers SET heartbeat_at = now() WHERE id = $1 RETURNING id
 ), dead AS (
     DELETE FROM koyo_workers
-    WHERE $4::bool AND id <> $1 AND heartbeat_at < now() - make_interval(secs => $3::float8)
+    WHERE $3::bool AND id <> $1 AND heartbeat_at < now() - make_interval(secs => lease_secs)
     RETURNING id
 ), rescued AS (
     UPDATE koyo_jobs AS j
@@ -281,18 +287,18 @@ WITH beat AS (
         finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
         last_error = format('worker %s was lost during attempt %s (its heartbeat stopped)',
                             j.worker_id, j.attempts)
-    WHERE $4::bool AND j.status = 'running'
+    WHERE $3::bool AND j.status = 'running'
       AND (j.worker_id IN (SELECT id FROM dead)
            OR NOT EXISTS (SELECT 1 FROM koyo_workers AS w WHERE w.id = j.worker_id))
     RETURNING j.queue, j.status
 ), orphaned AS (
-    -- Jobs claimed in this worker's name that it does not hold ($5): the claim's reply never
+    -- Jobs claimed in this worker's name that it does not hold ($4): the claim's reply never
     -- reached it (a statement timeout, a broken connection) although the server committed it.
     -- Given back at once, the attempt not counted.
     UPDATE koyo_jobs AS j
     SET status = 'ready', attempts = j.attempts - 1,
         last_error = format('given back by worker %s, which never received its claim (the reply was lost)', $1::int8)
-    WHERE j.status = 'running' AND j.worker_id = $1 AND NOT (j.id = ANY($5::int8[]))
+    WHERE j.status = 'running' AND j.worker_id = $1 AND NOT (j.id = ANY($4::int8[]))
       -- If this worker was declared dead, the rescue above owns these rows.
       AND EXISTS (SELECT 1 FROM koyo_workers AS w WHERE w.id = $1)
     RETURNING j.queue
@@ -301,7 +307,7 @@ WITH beat AS (
     FROM unnest($2::text[]) AS q(name),
          LATERAL (SELECT count(*) AS ready, EXTRACT(EPOCH FROM now() - min(scheduled_at))::float8 AS lag
                   FROM koyo_jobs WHERE status = 'ready' AND queue = q.name) AS r
-    WHERE $6::bool
+    WHERE $5::bool
 ), due AS MATERIALIZED (
     SELECT id FROM koyo_jobs
     WHERE status = 'scheduled' AND queue = ANY($2::text[]) AND scheduled_at <= now()
@@ -328,12 +334,12 @@ SELECT
           LATERAL (SELECT scheduled_at AS at FROM koyo_jobs
                    WHERE status = 'scheduled' AND queue = q.name AND scheduled_at > now()
                    ORDER BY scheduled_at LIMIT 1) AS n) AS next_due_secs,
-    -- Queue depth and lag for the metrics gauges, only when asked ($6): a count of the ready
+    -- Queue depth and lag for the metrics gauges, only when asked ($5): a count of the ready
     -- index entries per queue, so it is sampled every so many ticks, not every one.
     (SELECT array_agg(d.name ORDER BY d.name) FROM depth AS d) AS depth_queues,
     (SELECT array_agg(d.ready ORDER BY d.name) FROM depth AS d) AS depth_ready,
     (SELECT array_agg(d.lag ORDER BY d.name) FROM depth AS d) AS depth_lag_secs",
-    types: &[Type::INT8, Type::TEXT_ARRAY, Type::FLOAT8, Type::BOOL, Type::INT8_ARRAY, Type::BOOL],
+    types: &[Type::INT8, Type::TEXT_ARRAY, Type::BOOL, Type::INT8_ARRAY, Type::BOOL],
 };
 
 /// Deletes up to `$4` finished jobs older than their state's retention (`$1` done, `$2`

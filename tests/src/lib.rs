@@ -412,6 +412,36 @@ pub mod chaos {
         execution.finish().await
     }
 
+    /// Ends its attempt with text PostgreSQL cannot store as it is, chosen by `how`: `error` (an
+    /// `Err` whose text holds NUL characters), `panic` (a panic message with one), `retry` (a
+    /// `retry!` reason with one) or `huge` (a 1 MiB error text); anything else succeeds.
+    #[define_job(name = "chaos.bad_text", queue = "chaos", max_attempts = 2)]
+    pub async fn bad_text_job(n: i64, how: String) -> Result<(), String> {
+        Running::begin(n, "bad_text").await?.finish().await?;
+        match how.as_str() {
+            "error" => Err("the server said \0 and hung up\0".to_owned()),
+            "panic" => panic!("a panic \0 with a NUL"),
+            "retry" => koyo_job::retry!(Duration::from_millis(50), "a reason \0 with a NUL"),
+            "huge" => Err("e".repeat(1 << 20)),
+            _ => Ok(()),
+        }
+    }
+
+    /// A recursive argument type: one `Link` per level.
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    pub enum Chain {
+        End,
+        Link(Box<Chain>),
+    }
+
+    /// Takes a recursive argument, for rows written straight into the table nested too deeply.
+    #[define_job(name = "chaos.deep", queue = "chaos")]
+    pub async fn deep_job(n: i64, chain: Chain) -> Result<(), String> {
+        let execution = Running::begin(n, "deep").await?;
+        let _ = chain;
+        execution.finish().await
+    }
+
     fn noop_runs() -> &'static Mutex<HashMap<i64, u32>> {
         static RUNS: OnceLock<Mutex<HashMap<i64, u32>>> = OnceLock::new();
         RUNS.get_or_init(Default::default)
@@ -443,6 +473,8 @@ pub mod chaos {
             payload_job(0, vec![]).name(),
             gate_job(0).name(),
             noop_job(0).name(),
+            bad_text_job(0, String::new()).name(),
+            deep_job(0, Chain::End).name(),
         ]
     }
 
@@ -872,6 +904,7 @@ pub mod chaos {
         pub max_connections: Option<usize>,
         pub statement_timeout_ms: Option<u64>,
         pub prefetch: Option<usize>,
+        pub flush_ms: Option<u64>,
     }
 
     impl WorkerArgs {
@@ -892,6 +925,7 @@ pub mod chaos {
                 max_connections: None,
                 statement_timeout_ms: None,
                 prefetch: None,
+                flush_ms: None,
             }
         }
 
@@ -951,6 +985,12 @@ pub mod chaos {
             self
         }
 
+        /// How long shutdown may spend writing results after the grace (default: the worker's).
+        pub fn flush_ms(mut self, ms: u64) -> Self {
+            self.flush_ms = Some(ms);
+            self
+        }
+
         fn to_args(&self) -> Vec<String> {
             let mut args = vec![
                 format!("--label={}", self.label),
@@ -974,6 +1014,9 @@ pub mod chaos {
             }
             if let Some(ms) = self.statement_timeout_ms {
                 args.push(format!("--statement-timeout-ms={ms}"));
+            }
+            if let Some(ms) = self.flush_ms {
+                args.push(format!("--flush-ms={ms}"));
             }
             args
         }

@@ -8,9 +8,12 @@
 use std::time::Duration;
 
 use koyo_job::testing::{ClusterOptions, PrivateCluster, ShutdownMode};
-use koyo_job::{Broker, BrokerOptions, Error, JobId, MAX_ARGS_BYTES, Worker};
+use koyo_job::{
+    Broker, BrokerOptions, Error, JobId, MAX_ARGS_BYTES, MAX_ARGS_DEPTH, Registry, RenderError, Worker,
+};
 use koyo_job_tests::chaos::{
-    ChaosDb, ChaosWorker, LogCapture, LogTo, WorkerArgs, ledger_job, noop_job, payload_job,
+    Chain, ChaosDb, ChaosWorker, LogCapture, LogTo, WorkerArgs, bad_text_job, deep_job, ledger_job, noop_job,
+    payload_job,
 };
 
 const WORKER: &str = env!("CARGO_BIN_EXE_chaos_worker");
@@ -88,6 +91,92 @@ async fn corrupt_argument_bytes_fail_clearly_and_the_worker_process_lives_on() {
         errors.join("\n  ")
     );
     assert!(rss_after < rss_before + 16 * 1024, "peak memory grew from {rss_before} KiB to {rss_after} KiB");
+}
+
+/// Text the database cannot store as it is — NUL characters in an error, a panic message or a
+/// `retry!` reason, and a 1 MiB error — is stored made safe, and wedges nothing: every job after
+/// it is recorded done, and the worker process shuts down promptly. (Before, one NUL failed the
+/// whole completion batch for ever: later jobs ran but stayed `running`, and SIGTERM hung.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_texts_the_database_cannot_store_wedge_nothing() {
+    let db = ChaosDb::create().await;
+    let mut w = ChaosWorker::spawn(WORKER, db.url(), WorkerArgs::new("w").pool(4)).await;
+    let mut bad = Vec::new();
+    for (n, how) in [(1, "error"), (2, "panic"), (3, "retry"), (4, "huge")] {
+        bad.push((how, bad_text_job(n, how.to_owned()).enqueue_on(&db.broker).await.unwrap()));
+    }
+    let mut good = Vec::new();
+    for n in 100..130 {
+        good.push(ledger_job(n, 0).enqueue_on(&db.broker).await.unwrap());
+    }
+    for id in &good {
+        db.wait_for_status(*id, "done", Duration::from_secs(20)).await;
+    }
+    for (how, id) in &bad {
+        // Two attempts each (`max_attempts = 2`), both recorded, the second final.
+        let job = db.wait_for_status(*id, "failed", Duration::from_secs(20)).await;
+        assert_eq!(job.attempts, 2, "{how}");
+        let error = job.last_error.unwrap_or_default();
+        if *how == "huge" {
+            assert!(error.len() < 17 * 1024, "{how}: {} bytes stored", error.len());
+            assert!(error.contains("more bytes cut"), "{how}: {}", &error[error.len() - 100..]);
+        } else {
+            assert!(error.contains('\u{FFFD}') && !error.contains('\0'), "{how}: {error:?}");
+        }
+    }
+    assert!(w.try_exit().is_none(), "the worker died: {:#?}", w.lines());
+    let started = tokio::time::Instant::now();
+    w.terminate(Duration::from_secs(10)).await;
+    assert!(w.lines().iter().any(|l| l.contains("worker-stopped")), "{:#?}", w.lines());
+    eprintln!(
+        "chaos[bad text]: 4 unstorable error texts stored safely, 30 later jobs done, shutdown in {:?}",
+        started.elapsed()
+    );
+}
+
+/// A row whose arguments nest 200,000 levels deep (about 200 kB, well under the size limit)
+/// fails its job at once with a readable error; the worker process lives on and runs the next
+/// job, and rendering the same arguments (as the admin page does) is an error, not a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_nested_too_deeply_fail_their_job_and_kill_no_process() {
+    let db = ChaosDb::create().await;
+    let mut w = ChaosWorker::spawn(WORKER, db.url(), WorkerArgs::new("w")).await;
+    // `(n: i64, chain: Chain)`: zigzag varint 7, then variant 1 (`Link`) 200,000 times and
+    // variant 0 (`End`).
+    let mut crafted = vec![14_u8];
+    crafted.extend(std::iter::repeat_n(1_u8, 200_000));
+    crafted.push(0);
+    let name = deep_job(0, Chain::End).name();
+    let row = &db
+        .query(
+            "INSERT INTO koyo_jobs (queue, job, args) VALUES ('chaos', $1, $2) RETURNING id",
+            &[&name, &crafted],
+        )
+        .await[0];
+    let id = JobId(row.get(0));
+    let job = db.wait_for_status(id, "failed", Duration::from_secs(20)).await;
+    let error = job.last_error.unwrap_or_default();
+    assert!(error.contains(&format!("more than {MAX_ARGS_DEPTH} levels")), "{error}");
+    assert_eq!(job.attempts, 1, "a decoding error is final");
+    assert!(w.try_exit().is_none(), "the worker died: {:#?}", w.lines());
+    let next = deep_job(1, Chain::Link(Box::new(Chain::End))).enqueue_on(&db.broker).await.unwrap();
+    db.wait_for_status(next, "done", Duration::from_secs(20)).await;
+
+    // The admin page renders stored arguments through the same decoding, in its own process:
+    // this one.
+    let rendered = Registry::global().unwrap().render_args(name, &crafted);
+    assert!(
+        matches!(
+            rendered,
+            Err(RenderError::Decode(koyo_job::DecodeError::TooDeep { limit: MAX_ARGS_DEPTH }))
+        ),
+        "{rendered:?}"
+    );
+    // And a value too deep for workers is refused when enqueued, not stored.
+    let too_deep = (0..MAX_ARGS_DEPTH).fold(Chain::End, |inner, _| Chain::Link(Box::new(inner)));
+    let refused = deep_job(2, too_deep).enqueue_on(&db.broker).await;
+    assert!(matches!(refused, Err(Error::ArgsTooDeep { limit: MAX_ARGS_DEPTH })), "{refused:?}");
+    w.terminate(Duration::from_secs(10)).await;
 }
 
 /// A broker whose server does not exist: any SQL sent through it fails with a connection

@@ -790,3 +790,139 @@ async fn one_job_running_on(db: &ChaosDb, label: &str, work_ms: u64) -> (ChaosWo
     .await;
     (worker, id)
 }
+
+/// Workers configured differently (a rolling deploy changes settings): a worker with a short
+/// lease leaves alone a healthy worker with a longer one, although that worker heartbeats less
+/// often than the short lease. Each worker's own registered lease decides when it is dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lease_worker_does_not_rescue_a_healthy_long_lease_worker_s_jobs() {
+    let db = ChaosDb::create().await;
+    let mut a =
+        ChaosWorker::spawn(WORKER, db.url(), WorkerArgs::new("a").pool(2).lease_ms(12_000).poll_ms(4000))
+            .await;
+    let id = enqueue_ledger(&db, [1], 9000).await[0];
+    db.expect_count(
+        "a starts the job",
+        "SELECT count(*) FROM chaos_ledger WHERE worker = 'a'",
+        Duration::from_secs(10),
+        |n| n == 1,
+    )
+    .await;
+    // b rescues every second, and a's heartbeat is up to 4 s old: older than b's lease.
+    let mut b =
+        ChaosWorker::spawn(WORKER, db.url(), WorkerArgs::new("b").pool(2).lease_ms(3000).poll_ms(1000)).await;
+    let done = db.wait_for_status(id, "done", Duration::from_secs(30)).await;
+    b.terminate(Duration::from_secs(10)).await;
+    a.terminate(Duration::from_secs(10)).await;
+    let runs = db.executions().await;
+    assert_eq!(runs.len(), 1, "the job ran more than once: {runs:#?}");
+    assert_eq!((runs[0].worker.as_str(), done.attempts, done.worker_id), ("a", 1, Some(a.worker_id())));
+    assert!(!b.lines().iter().any(|l| l.contains("gave back jobs of workers")), "{:#?}", b.lines());
+    assert!(!a.lines().iter().any(|l| l.contains("lost its lease")), "{:#?}", a.lines());
+}
+
+/// The other side: when the long-lease worker really dies, the short-lease worker rescues its
+/// jobs one of *its* leases after its last heartbeat (not one of the rescuer's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_worker_s_jobs_are_rescued_after_its_own_lease_whoever_rescues_them() {
+    let db = ChaosDb::create().await;
+    let mut a =
+        ChaosWorker::spawn(WORKER, db.url(), WorkerArgs::new("a").pool(2).lease_ms(6000).poll_ms(2000)).await;
+    let mut b =
+        ChaosWorker::spawn(WORKER, db.url(), WorkerArgs::new("b").pool(2).lease_ms(1500).poll_ms(500)).await;
+    // Both serve the queue; keep enqueuing until a has one (b may take some first).
+    let mut n = 0;
+    let (deadline, mut on_a) = (tokio::time::Instant::now() + Duration::from_secs(20), None);
+    while on_a.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "a never ran a job");
+        n += 1;
+        let id = enqueue_ledger(&db, [n], 4000).await[0];
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rows =
+            db.query("SELECT count(*) FROM chaos_ledger WHERE job_id = $1 AND worker = 'a'", &[&id.0]).await;
+        if rows[0].get::<_, i64>(0) == 1 {
+            on_a = Some(id);
+        }
+    }
+    let id = on_a.unwrap();
+    a.kill();
+    let heartbeat: OffsetDateTime =
+        db.query("SELECT heartbeat_at FROM koyo_workers WHERE id = $1", &[&a.worker_id()]).await[0].get(0);
+    let done = db.wait_for_status(id, "done", Duration::from_secs(30)).await;
+    b.terminate(Duration::from_secs(10)).await;
+    assert_eq!((done.attempts, done.worker_id), (2, Some(b.worker_id())), "{done:?}");
+    let rerun =
+        db.executions().await.into_iter().find(|e| e.job_id == id.0 && e.worker == "b").expect("b reran it");
+    let after = ms(rerun.started_at - heartbeat);
+    eprintln!(
+        "chaos[mixed leases]: a (lease 6 s) killed; b (lease 1.5 s) reran its job {after} ms after a's last heartbeat"
+    );
+    assert!(after >= 6000, "b reran a's job {after} ms after a's last heartbeat, inside a's 6 s lease");
+    assert!(after < 9000, "b reran a's job {after} ms after a's last heartbeat");
+}
+
+/// Shutdown ends within the grace plus the flush time whatever the database does: here the
+/// job's row is locked by another transaction, so the completion write hangs (the statement
+/// timeout is a minute). The worker exits on time, names the job it could not write, and the
+/// job, still `running` under a worker that is gone, is rescued and run by the next worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_on_time_when_a_result_cannot_be_written() {
+    let db = ChaosDb::create().await;
+    let args = WorkerArgs::new("w")
+        .queues(&["chaos", "gated"])
+        .pool(2)
+        .grace_ms(500)
+        .flush_ms(1500)
+        .statement_timeout_ms(60_000);
+    let mut w = ChaosWorker::spawn(WORKER, db.url(), args).await;
+    let id = gate_job(1).enqueue_on(&db.broker).await.unwrap();
+    db.expect_count("w starts the job", "SELECT count(*) FROM chaos_ledger", Duration::from_secs(10), |n| {
+        n == 1
+    })
+    .await;
+    let mut locker = db.broker.client().await.unwrap();
+    let tx = locker.transaction().await.unwrap();
+    tx.query("SELECT 1 FROM koyo_jobs WHERE id = $1 FOR UPDATE", &[&id.0]).await.unwrap();
+    db.query("INSERT INTO chaos_gates (n) VALUES (1)", &[]).await;
+    db.expect_count(
+        "the body ends",
+        "SELECT count(*) FROM chaos_ledger WHERE outcome = 'ok'",
+        Duration::from_secs(10),
+        |n| n == 1,
+    )
+    .await;
+    let asked = tokio::time::Instant::now();
+    w.signal("TERM");
+    let status = w.wait_exit(Duration::from_secs(8)).await;
+    let took = asked.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "w did not stop within 8 s of SIGTERM (grace 0.5 s, flush 1.5 s): {:#?}",
+        w.lines()
+    );
+    let named = w.lines().into_iter().find(|l| l.contains("could not write these job results"));
+    assert!(named.as_ref().is_some_and(|l| l.contains(&id.0.to_string())), "{:#?}", w.lines());
+    // w's abandoned UPDATE still waits on the lock in its server backend, and would commit
+    // once the lock goes: end that backend first, as the server would once it noticed.
+    db.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'chaos-w'",
+        &[],
+    )
+    .await;
+    db.expect_count(
+        "w's backends are gone",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'chaos-w'",
+        Duration::from_secs(10),
+        |n| n == 0,
+    )
+    .await;
+    tx.rollback().await.unwrap();
+    assert_eq!(db.job(id).await.status, "running");
+    let mut b = ChaosWorker::spawn(WORKER, db.url(), WorkerArgs::new("b").queues(&["chaos", "gated"])).await;
+    let done = db.wait_for_status(id, "done", Duration::from_secs(20)).await;
+    b.terminate(Duration::from_secs(10)).await;
+    assert_eq!(done.worker_id, Some(b.worker_id()));
+    eprintln!(
+        "chaos[hung write at shutdown]: w exited {took:?} after SIGTERM (grace 0.5 s, flush 1.5 s); the job was rescued and done by b"
+    );
+}

@@ -608,3 +608,60 @@ async fn with_zero_retention_done_jobs_are_deleted_as_they_complete() {
     let left: i64 = env.query("SELECT count(*) FROM koyo_jobs WHERE status = 'failed'", &[]).await[0].get(0);
     assert_eq!(left, 1, "only the failed job is kept");
 }
+
+#[define_job(queue = "refused", max_attempts = 1)]
+async fn fails_with(key: String, message: String) -> Result<(), String> {
+    record(&key, "attempt").await;
+    Err(message)
+}
+
+#[define_job(queue = "refused")]
+async fn succeeds(key: String) {
+    record(&key, "attempt").await;
+}
+
+/// Results the database refuses for their data (here: constraints an application added to the
+/// table, SQLSTATE 23514) are each stored with a replacement error that says what happened, and
+/// hold back no other result written beside them; nothing is retried for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_the_database_refuses_are_replaced_and_hold_back_no_other() {
+    let env = env().await;
+    env.query(
+        "ALTER TABLE koyo_jobs ADD CONSTRAINT no_refuse_me CHECK (last_error IS NULL OR last_error NOT LIKE '%refuse me%') NOT VALID",
+        &[],
+    )
+    .await;
+    env.query("ALTER TABLE koyo_jobs ADD CONSTRAINT no_done_7 CHECK (NOT (status = 'done' AND priority = 7)) NOT VALID", &[])
+        .await;
+    let key = env.key.clone();
+    let refused_error =
+        fails_with(key.clone(), "please refuse me".into()).enqueue_on(&env.broker).await.unwrap();
+    let refused_done = succeeds(key.clone()).with_priority(7).enqueue_on(&env.broker).await.unwrap();
+    let mut failing = Vec::new();
+    let mut ok = Vec::new();
+    for _ in 0..10 {
+        failing.push(fails_with(key.clone(), "plain".into()).enqueue_on(&env.broker).await.unwrap());
+        ok.push(succeeds(key.clone()).enqueue_on(&env.broker).await.unwrap());
+    }
+    let worker = env.worker().queue("refused").pool_size(8).start().await.unwrap();
+    for id in &ok {
+        env.wait_for_status(*id, "done", Duration::from_secs(10)).await;
+    }
+    for id in &failing {
+        let row = env.wait_for_status(*id, "failed", Duration::from_secs(10)).await;
+        assert!(row.last_error.unwrap_or_default().starts_with("failed: plain"));
+    }
+    let row = env.wait_for_status(refused_error, "failed", Duration::from_secs(10)).await;
+    let error = row.last_error.unwrap_or_default();
+    assert!(error.contains("storing its error was refused by the database (23514)"), "{error}");
+    let row = env.wait_for_status(refused_done, "failed", Duration::from_secs(10)).await;
+    let error = row.last_error.unwrap_or_default();
+    assert!(
+        error.contains("it succeeded, but marking it done was refused by the database (23514)"),
+        "{error}"
+    );
+    assert_eq!(worker.in_flight(), 0);
+    worker.shutdown().await;
+    let attempts: i64 = env.query("SELECT count(*) FROM ledger", &[]).await[0].get(0);
+    assert_eq!(attempts, 22, "every job ran once");
+}

@@ -19,6 +19,7 @@
 //! | `--max-connections=N` | pool + 4 | the broker's pool size |
 //! | `--statement-timeout-ms=N` | 10000 | the broker's statement timeout |
 //! | `--prefetch=N` | the worker's default | jobs claimed ahead of free slots |
+//! | `--flush-ms=N` | the worker's default | how long shutdown may write results after the grace |
 //!
 //! Its connections carry `application_name` `chaos-<label>`. It prints `worker-ready id=<worker
 //! id> pid=<pid>` once its worker runs, every `tracing` event as a line starting with `log `,
@@ -86,6 +87,9 @@ fn main() {
     let listen = flag("listen");
     let job_timeout = settings.get("job-timeout-ms").map(|ms| Duration::from_millis(ms.parse().unwrap()));
     let prefetch = settings.get("prefetch").map(|n| n.parse::<usize>().expect("--prefetch takes a number"));
+    let flush = settings
+        .get("flush-ms")
+        .map(|ms| Duration::from_millis(ms.parse().expect("--flush-ms takes a number")));
 
     runtime.block_on(async move {
         chaos::LogCapture::install(chaos::LogTo::Stdout);
@@ -110,6 +114,9 @@ fn main() {
         }
         if let Some(prefetch) = prefetch {
             builder = builder.prefetch(prefetch);
+        }
+        if let Some(flush) = flush {
+            builder = builder.flush_timeout(flush);
         }
         let worker = builder.start().await.expect("the worker starts");
 
