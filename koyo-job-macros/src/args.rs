@@ -10,7 +10,7 @@ use syn::{Expr, ExprLit, ExprUnary, Ident, Lit, LitStr, Token, UnOp};
 
 use crate::errors::Errors;
 
-const OPTIONS: &str = "`queue`, `priority`, `name`, `max_attempts`, `timeout`, `crate`";
+const OPTIONS: &str = "`queue`, `priority`, `name`, `max_attempts`, `timeout`, `unique`, `unique_for`, `cron`, `every`, `time_zone`, `missed`, `crate`";
 
 /// Longest queue name the runtime accepts (`koyo_job::MAX_QUEUE_LEN`).
 const MAX_QUEUE_LEN: usize = 64;
@@ -25,6 +25,16 @@ pub(crate) struct JobArgs {
     pub(crate) name: Option<String>,
     pub(crate) max_attempts: i32,
     pub(crate) timeout_millis: Option<u64>,
+    /// `unique` (by arguments, `"args"`) or `unique = "queue"`; also set by `unique_for`.
+    pub(crate) unique: Option<String>,
+    /// `unique_for = "1h"`, in seconds.
+    pub(crate) unique_for_secs: Option<u64>,
+    /// `cron = "…"` (as written, whitespace normalised) or `every = "30s"` (as `@every 30s`).
+    pub(crate) schedule: Option<String>,
+    /// `time_zone = "Europe/Berlin"`.
+    pub(crate) time_zone: Option<String>,
+    /// `missed = "skip"`.
+    pub(crate) skip_missed: bool,
     /// Where generated code finds the runtime: `::koyo_job` unless re-exported elsewhere.
     pub(crate) krate: syn::Path,
 }
@@ -37,6 +47,11 @@ impl Default for JobArgs {
             name: None,
             max_attempts: 20,
             timeout_millis: None,
+            unique: None,
+            unique_for_secs: None,
+            schedule: None,
+            time_zone: None,
+            skip_missed: false,
             krate: syn::parse_quote!(::koyo_job),
         }
     }
@@ -80,8 +95,21 @@ impl JobArgs {
         let mut seen: Vec<String> = Vec::new();
         for RawOption { key, value } in options {
             let name = key.unraw().to_string();
-            if !matches!(name.as_str(), "queue" | "priority" | "name" | "max_attempts" | "timeout" | "crate")
-            {
+            if !matches!(
+                name.as_str(),
+                "queue"
+                    | "priority"
+                    | "name"
+                    | "max_attempts"
+                    | "timeout"
+                    | "unique"
+                    | "unique_for"
+                    | "cron"
+                    | "every"
+                    | "time_zone"
+                    | "missed"
+                    | "crate"
+            ) {
                 errors.spanned(&key, format!("unknown option `{name}`; expected one of: {OPTIONS}"));
                 continue;
             }
@@ -90,6 +118,11 @@ impl JobArgs {
                 continue;
             }
             seen.push(name.clone());
+            // A bare `unique` is unique by arguments.
+            if name == "unique" && value.is_none() {
+                args.unique = Some("args".to_owned());
+                continue;
+            }
             let Some(value) = value else {
                 errors.spanned(&key, format!("`{name}` needs a value, e.g. {}", example(&name)));
                 continue;
@@ -125,8 +158,72 @@ impl JobArgs {
             }
             "timeout" => {
                 let lit = string(key, value)?;
-                let millis = parse_duration(&lit.value()).map_err(|m| syn::Error::new(lit.span(), m))?;
+                let millis = parse_duration(key, &lit.value()).map_err(|m| syn::Error::new(lit.span(), m))?;
                 self.timeout_millis = Some(millis);
+            }
+            "unique" => {
+                let lit = string(key, value)?;
+                let scope = lit.value();
+                if !matches!(scope.as_str(), "args" | "queue") {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "`unique` takes \"args\" (jobs with equal arguments are the same job; also what a \
+                         bare `unique` means) or \"queue\" (at most one of this job waits or runs on its \
+                         queue); for a key of your own, use `.unique(Unique::by_key(..))` when enqueuing",
+                    ));
+                }
+                self.unique = Some(scope);
+            }
+            "unique_for" => {
+                let lit = string(key, value)?;
+                let millis = parse_duration(key, &lit.value()).map_err(|m| syn::Error::new(lit.span(), m))?;
+                if millis % 1000 != 0 {
+                    return Err(syn::Error::new(lit.span(), "`unique_for` takes whole seconds, e.g. \"1h\""));
+                }
+                self.unique_for_secs = Some(millis / 1000);
+                self.unique.get_or_insert_with(|| "args".to_owned());
+            }
+            "cron" | "every" => {
+                let lit = string(key, value)?;
+                if self.schedule.is_some() {
+                    return Err(syn::Error::new(lit.span(), "give a job `cron` or `every`, not both"));
+                }
+                let schedule = if key == "cron" {
+                    check_cron(&lit.value())
+                } else {
+                    parse_duration(key, &lit.value()).and_then(|millis| match millis % 1000 {
+                        0 => Ok(format!("@every {}s", millis / 1000)),
+                        _ => Err("`every` takes whole seconds, e.g. \"30s\"".to_owned()),
+                    })
+                };
+                self.schedule = Some(schedule.map_err(|m| syn::Error::new(lit.span(), m))?);
+            }
+            "time_zone" => {
+                let lit = string(key, value)?;
+                let zone = lit.value();
+                let plausible =
+                    !zone.is_empty() && zone.chars().all(|c| c.is_ascii_alphanumeric() || "/_-+".contains(c));
+                if !plausible {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "`time_zone` takes an IANA time zone name, e.g. \"Europe/Berlin\" or \"UTC\"",
+                    ));
+                }
+                self.time_zone = Some(zone);
+            }
+            "missed" => {
+                let lit = string(key, value)?;
+                self.skip_missed = match lit.value().as_str() {
+                    "skip" => true,
+                    "run_latest" => false,
+                    _ => {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "`missed` takes \"run_latest\" (run the most recent missed slot once when a worker \
+                             comes back; the default) or \"skip\"",
+                        ));
+                    }
+                };
             }
             "crate" => {
                 let lit = string(key, value)?;
@@ -150,6 +247,12 @@ fn example(key: &str) -> &'static str {
         "name" => "`name = \"billing.send_invoice\"`",
         "max_attempts" => "`max_attempts = 5`",
         "timeout" => "`timeout = \"30s\"`",
+        "unique" => "`unique` or `unique = \"queue\"`",
+        "unique_for" => "`unique_for = \"1h\"`",
+        "cron" => "`cron = \"0 3 * * *\"`",
+        "every" => "`every = \"30s\"`",
+        "time_zone" => "`time_zone = \"Europe/Berlin\"`",
+        "missed" => "`missed = \"skip\"`",
         _ => "`crate = \"my_app::jobs\"`",
     }
 }
@@ -203,11 +306,43 @@ pub(crate) fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')
 }
 
-/// `"30s"` → 30 000: a whole number followed by `ms`, `s`, `m` or `h`.
-fn parse_duration(text: &str) -> Result<u64, String> {
+/// Checks a `cron = "…"` literal: 5 fields, or 6 with seconds first, or a shorthand
+/// (`@hourly`, `@daily`, …; `@every 30s`); returns it with its whitespace normalised. The runtime
+/// checks it again, with more words for some mistakes, when a worker starts.
+fn check_cron(text: &str) -> Result<String, String> {
+    use croner::parser::{CronParser, Seconds, Year};
+    let expression = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let usage = "a cron expression has 5 fields (minute hour day-of-month month day-of-week) or 6 (seconds \
+                 first), or is one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly, \
+                 @every <interval>";
+    if let Some(shorthand) = expression.strip_prefix('@') {
+        let (word, rest) = shorthand.split_once(' ').unwrap_or((shorthand, ""));
+        return match (word.to_ascii_lowercase().as_str(), rest) {
+            ("yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly", "") => {
+                Ok(expression)
+            }
+            ("every", interval) if !interval.is_empty() => Ok(expression),
+            _ => Err(format!("`{expression}` is not a schedule: {usage}")),
+        };
+    }
+    let fields = expression.split(' ').filter(|f| !f.is_empty()).count();
+    if !(5..=6).contains(&fields) {
+        return Err(format!("`{expression}` has {fields} fields: {usage}"));
+    }
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+        .parse(&expression)
+        .map(|_| expression.clone())
+        .map_err(|error| format!("`{expression}` is not a valid cron expression ({error}): {usage}"))
+}
+
+/// `"30s"` → 30 000: a whole number followed by `ms`, `s`, `m`, `h` or `d`, for option `key`.
+fn parse_duration(key: &str, text: &str) -> Result<u64, String> {
     let usage = || {
         format!(
-            "`timeout` takes a whole number and a unit (`ms`, `s`, `m` or `h`), e.g. \"30s\"; not {text:?}"
+            "`{key}` takes a whole number and a unit (`ms`, `s`, `m`, `h` or `d`), e.g. \"30s\"; not {text:?}"
         )
     };
     let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -217,12 +352,13 @@ fn parse_duration(text: &str) -> Result<u64, String> {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return Err(usage()),
     };
     let number: u64 = number.parse().map_err(|_| usage())?;
-    let millis = number.checked_mul(scale).ok_or_else(|| format!("`timeout` of {text:?} is too long"))?;
+    let millis = number.checked_mul(scale).ok_or_else(|| format!("`{key}` of {text:?} is too long"))?;
     if millis == 0 {
-        return Err("`timeout` must be longer than zero; leave it out for no timeout".to_owned());
+        return Err(format!("`{key}` must be longer than zero; leave it out for none"));
     }
     Ok(millis)
 }
@@ -233,12 +369,13 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(250));
-        assert_eq!(parse_duration("30s"), Ok(30_000));
-        assert_eq!(parse_duration("5m"), Ok(300_000));
-        assert_eq!(parse_duration("2h"), Ok(7_200_000));
+        assert_eq!(parse_duration("timeout", "250ms"), Ok(250));
+        assert_eq!(parse_duration("timeout", "30s"), Ok(30_000));
+        assert_eq!(parse_duration("timeout", "5m"), Ok(300_000));
+        assert_eq!(parse_duration("timeout", "2h"), Ok(7_200_000));
+        assert_eq!(parse_duration("unique_for", "1d"), Ok(86_400_000));
         for bad in ["", "s", "30", "30 s", "1.5s", "-1s", "30sec", "0s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
+            assert!(parse_duration("timeout", bad).is_err(), "{bad:?}");
         }
     }
 

@@ -93,6 +93,7 @@ pub(crate) fn define_job(attr: TokenStream, item: TokenStream) -> TokenStream {
     if args.name.is_none() {
         check_default_name(&job, &mut errors);
     }
+    check_schedule_options(&args, &job, &mut errors);
     let ctx = hidden("ctx");
     retry::rewrite_body(&mut job.body, &ctx, &args.krate, &mut errors);
     match errors.into_error() {
@@ -106,6 +107,24 @@ pub(crate) fn define_job(attr: TokenStream, item: TokenStream) -> TokenStream {
             tokens
         }
         Some(error) => fallback::stub(&args.krate, &job, &ctx, error),
+    }
+}
+
+/// A schedule (`cron`, `every`) is for jobs without arguments: the worker builds each slot's
+/// job itself. `time_zone` and `missed` only go with a schedule.
+fn check_schedule_options(args: &JobArgs, job: &JobFn, errors: &mut Errors) {
+    match &args.schedule {
+        Some(_) if !job.args.is_empty() => errors.spanned(
+            &job.args[0].ident,
+            "a job with a schedule (`cron` or `every`) takes no arguments, as workers build each slot's \
+             job themselves; for a job with arguments, add a `koyo_job::Periodic` to the worker",
+        ),
+        Some(_) => {}
+        None if args.time_zone.is_some() || args.skip_missed => errors.spanned(
+            job.ident(),
+            "`time_zone` and `missed` go with a schedule: add `cron = \"…\"` or `every = \"…\"`",
+        ),
+        None => {}
     }
 }
 
@@ -216,12 +235,43 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
 
+    let unique = match &args.unique {
+        Some(scope) => {
+            let period = match args.unique_for_secs {
+                Some(secs) => {
+                    let secs = Literal::u64_unsuffixed(secs);
+                    quote!(::core::option::Option::Some(#secs))
+                }
+                None => quote!(::core::option::Option::None),
+            };
+            quote!(::core::option::Option::Some(#rt::UniqueSpec { scope: #scope, period_secs: #period }))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let periodic = match &args.schedule {
+        Some(schedule) => {
+            let zone = args.time_zone.as_deref().unwrap_or("UTC");
+            let skip = args.skip_missed;
+            quote!(::core::option::Option::Some(#rt::PeriodicSpec {
+                schedule: #schedule,
+                time_zone: #zone,
+                skip_missed: #skip,
+            }))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    // A unique job's stub returns a `UniqueJob`, whose answer says whether it was stored.
+    let (returned, finish) = match args.unique {
+        Some(_) => (quote!(#krate::UniqueJob<#tuple>), quote!(.unique_as_defined())),
+        None => (quote!(#krate::Job<#tuple>), quote!()),
+    };
+
     quote! {
         #(#attrs)*
         // A job that this binary only runs (it is enqueued elsewhere) is still in use: workers
         // find it through the registry.
         #[allow(dead_code)]
-        #vis #fn_token #ident(#(#names: #types),*) -> #krate::Job<#tuple> {
+        #vis #fn_token #ident(#(#names: #types),*) -> #returned {
             // An associated function, so that inside the body the job's name still means the
             // stub (a job may enqueue itself) while diagnostics name the body after the job.
             // This is the only item the body can see; the others are in the block below.
@@ -281,6 +331,8 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
                     priority: #priority,
                     max_attempts: #max_attempts,
                     timeout: #timeout,
+                    unique: #unique,
+                    periodic: #periodic,
                     file: ::core::file!(),
                     line: ::core::line!(),
                     run: #run_encoded,
@@ -289,7 +341,7 @@ fn expand(args: &JobArgs, job: &JobFn, ctx: &syn::Ident) -> TokenStream {
 
                 #rt::inventory::submit! { #rt::Registration(&#descriptor) }
 
-                (&#rt::Args::<#tuple>::NEW).job(&#descriptor, #run, #args_var)
+                (&#rt::Args::<#tuple>::NEW).job(&#descriptor, #run, #args_var)#finish
             }
         }
     }

@@ -1,9 +1,26 @@
 //! Procedural macros for [koyo-job](https://docs.rs/koyo-job). Use them through that crate
 //! (`koyo_job::define_job`): the code they generate refers to it.
 //!
+//! ```
+//! use koyo_job::define_job;
+//!
+//! #[define_job(queue = "mail")]
+//! async fn send_welcome(user_id: i64) -> Result<(), std::io::Error> {
+//!     println!("welcome, user {user_id}"); // runs on a worker
+//!     Ok(())
+//! }
+//!
+//! async fn signup() -> Result<(), koyo_job::Error> {
+//!     send_welcome(42).await?; // stores the job; a worker serving "mail" runs it
+//!     Ok(())
+//! }
+//! ```
+//!
 //! The stages live in their own modules: `args` reads the attribute's options, `model` checks
 //! the function, `retry` rewrites `retry!` in its body, `expand` writes the stub, and
 //! `fallback` writes a stand-in when there were errors.
+
+#![warn(missing_docs)]
 
 mod args;
 mod errors;
@@ -22,7 +39,7 @@ use proc_macro::TokenStream;
 /// enqueued on a broker or in a transaction), is stored in PostgreSQL and later run by a worker.
 /// The arguments are serialized with the job, so they must be owned, serde-serializable types.
 ///
-/// ```ignore
+/// ```no_run
 /// use koyo_job::{define_job, retry};
 ///
 /// #[define_job(queue = "mail", priority = 10, max_attempts = 5, timeout = "30s")]
@@ -33,8 +50,10 @@ use proc_macro::TokenStream;
 ///     Ok(())
 /// }
 ///
+/// # async fn demo() -> Result<(), koyo_job::Error> {
 /// // Stores the job; a worker listening on the "mail" queue runs it.
 /// send_welcome(42, "a@example.com".into()).await?;
+/// # Ok(()) }
 /// ```
 ///
 /// # Options

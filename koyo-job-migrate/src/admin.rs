@@ -72,6 +72,7 @@ impl From<tokio_postgres::Error> for AdminError {
 // Input checks shared by the command line and the web API
 
 /// Whether `name` is a queue name the schema admits: 1–64 of ASCII letters, digits and `_ . : -`.
+#[doc(hidden)] // for the command line and the web API of this workspace, not public API
 pub fn is_queue_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
@@ -79,6 +80,7 @@ pub fn is_queue_name(name: &str) -> bool {
 
 /// Parses a comma-separated list of states, each one of `known`, dropping repeats. The error
 /// names the offending part (with control characters escaped) and what is expected.
+#[doc(hidden)] // for the command line and the web API of this workspace, not public API
 pub fn parse_states(raw: &str, known: &[&str]) -> Result<Vec<String>, String> {
     let mut states: Vec<String> = Vec::new();
     for state in raw.split(',') {
@@ -97,6 +99,7 @@ pub fn parse_states(raw: &str, known: &[&str]) -> Result<Vec<String>, String> {
 }
 
 /// Parses a job id: a positive 64-bit integer, digits only.
+#[doc(hidden)] // for the command line and the web API of this workspace, not public API
 pub fn parse_id(raw: &str) -> Option<i64> {
     if raw.is_empty() || raw.len() > 19 || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -111,12 +114,19 @@ pub fn parse_id(raw: &str) -> Option<i64> {
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct QueueCounts {
+    /// The queue's name.
     pub queue: String,
+    /// Jobs waiting for their due time.
     pub scheduled: i64,
+    /// Jobs due and waiting for a worker.
     pub ready: i64,
+    /// Jobs claimed by a worker (running, or held ahead of a free slot).
     pub running: i64,
+    /// Jobs that succeeded (until retention deletes them).
     pub done: i64,
+    /// Jobs that ran out of attempts or could not be decoded.
     pub failed: i64,
+    /// Jobs an operator cancelled.
     pub cancelled: i64,
     /// Seconds since the oldest ready job fell due; `None` when no job is ready.
     pub lag_secs: Option<f64>,
@@ -172,9 +182,11 @@ pub async fn queues(client: &Client) -> Result<Vec<QueueCounts>, AdminError> {
 /// Which jobs to list: newest first, `limit` of them with ids below `before`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobFilter {
+    /// Only this queue's jobs; `None` lists every queue.
     pub queue: Option<String>,
     /// `None` (or empty) lists every state.
     pub states: Option<Vec<String>>,
+    /// Only jobs with a smaller id (older ones): the previous page's [`JobPage::next_before`].
     pub before: Option<i64>,
     /// 1 to [`MAX_PAGE`]; clamped.
     pub limit: i64,
@@ -190,15 +202,25 @@ impl Default for JobFilter {
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct JobSummary {
+    /// The job's id.
     pub id: i64,
+    /// Its queue.
     pub queue: String,
+    /// Its stored name, which workers look its definition up by.
     pub job: String,
+    /// Its state, one of [`STATES`].
     pub status: String,
+    /// Its priority: lower runs first.
     pub priority: i16,
+    /// Attempts started so far (counted when claimed).
     pub attempts: i32,
+    /// Attempts allowed before it ends `failed`.
     pub max_attempts: i32,
+    /// When it is or was due (RFC 3339, UTC).
     pub scheduled_at: String,
+    /// When it became `done`, `failed` or `cancelled` (RFC 3339, UTC).
     pub finished_at: Option<String>,
+    /// Why its latest unsuccessful attempt ended, or why it was put back.
     pub last_error: Option<String>,
 }
 
@@ -206,7 +228,9 @@ pub struct JobSummary {
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct JobPage {
+    /// The jobs, newest first.
     pub jobs: Vec<JobSummary>,
+    /// The [`JobFilter::before`] of the next, older page; `None` when this page is the last.
     pub next_before: Option<i64>,
 }
 
@@ -277,21 +301,34 @@ pub async fn jobs(client: &Client, filter: &JobFilter) -> Result<JobPage, AdminE
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct JobDetail {
+    /// The job's id.
     pub id: i64,
+    /// Its queue.
     pub queue: String,
+    /// Its stored name, which workers look its definition up by.
     pub job: String,
+    /// Its state, one of [`STATES`].
     pub status: String,
+    /// Its priority: lower runs first.
     pub priority: i16,
+    /// Attempts started so far (counted when claimed).
     pub attempts: i32,
+    /// Attempts allowed before it ends `failed`.
     pub max_attempts: i32,
+    /// When it was enqueued (RFC 3339, UTC, database clock).
     pub created_at: String,
+    /// When it is or was due (RFC 3339, UTC).
     pub scheduled_at: String,
+    /// When its latest attempt started (RFC 3339, UTC).
     pub started_at: Option<String>,
+    /// When it became `done`, `failed` or `cancelled` (RFC 3339, UTC).
     pub finished_at: Option<String>,
+    /// The worker of its latest attempt ([`WorkerInfo::id`]); always set while it runs.
     pub worker_id: Option<i64>,
     /// Whether the job is running on a live worker (which no action may disturb).
     #[cfg_attr(feature = "serde", serde(skip))]
     pub on_live_worker: bool,
+    /// Why its latest unsuccessful attempt ended, or why it was put back.
     pub last_error: Option<String>,
     /// The stored arguments (bincode; decoding them needs the job's Rust types).
     #[cfg_attr(feature = "serde", serde(skip))]
@@ -451,11 +488,15 @@ const JOB_STATE: &str =
 /// What an action did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Applied {
+    /// The job's id.
     pub id: i64,
+    /// Its queue.
     pub queue: String,
     /// The job's state now; `None` once deleted.
     pub status: Option<String>,
+    /// Attempts started so far.
     pub attempts: i32,
+    /// Attempts allowed now (a retry of a job that had none left allows one more).
     pub max_attempts: i32,
 }
 
@@ -463,7 +504,13 @@ pub struct Applied {
 pub async fn apply(client: &Client, id: i64, action: Action) -> Result<Applied, AdminError> {
     let states: Vec<&str> = action.states().to_vec();
     let params: [(&(dyn ToSql + Sync), Type); 2] = [(&id, Type::INT8), (&states, Type::TEXT_ARRAY)];
-    let rows = client.query_typed(action.statement(), &params).await?;
+    let rows = match client.query_typed(action.statement(), &params).await {
+        Ok(rows) => rows,
+        Err(error) if error.as_db_error().and_then(|db| db.constraint()) == Some("koyo_jobs_unique") => {
+            return Err(key_held_by_another(client, id, action).await);
+        }
+        Err(error) => return Err(error.into()),
+    };
     match rows.first() {
         Some(row) => Ok(Applied {
             id: row.get(0),
@@ -474,6 +521,28 @@ pub async fn apply(client: &Client, id: i64, action: Action) -> Result<Applied, 
         }),
         None => Err(why_not(client, id, action).await),
     }
+}
+
+/// Another job that holds the same unique key as job `$1` (see the runtime's unique jobs).
+const KEY_HOLDER: &str = "
+SELECT h.id FROM koyo_jobs AS j JOIN koyo_jobs AS h ON h.unique_key = j.unique_key AND h.id <> j.id
+WHERE j.id = $1::int8
+  AND (h.unique_states & CASE h.status WHEN 'scheduled' THEN 1 WHEN 'ready' THEN 2 WHEN 'running' THEN 4
+                                       WHEN 'done' THEN 8 WHEN 'failed' THEN 16 ELSE 32 END) <> 0
+LIMIT 1";
+
+/// After an action was refused by the unique index: the job would hold its unique key again,
+/// and another job holds it now.
+async fn key_held_by_another(client: &Client, id: i64, action: Action) -> AdminError {
+    let holder = match client.query_typed(KEY_HOLDER, &[(&id, Type::INT8)]).await {
+        Ok(rows) => rows.first().map(|row| row.get::<_, i64>(0)),
+        Err(error) => return AdminError::Database(error),
+    };
+    let holder = holder.map_or_else(|| "another job".to_owned(), |holder| format!("job {holder}"));
+    AdminError::Refused(format!(
+        "cannot {} job {id}: it is a unique job, and {holder} holds the same key now; act on that job instead",
+        action.verb()
+    ))
 }
 
 /// After an action matched nothing: tells "no such job" from "refused", and says why.
@@ -548,11 +617,17 @@ pub async fn prune(client: &Client, states: &[String], older_than_secs: f64) -> 
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct WorkerInfo {
+    /// The worker's id, the `worker_id` of the jobs it claims.
     pub id: i64,
+    /// The host it runs on.
     pub hostname: String,
+    /// Its process id on that host.
     pub pid: i32,
+    /// The queues it serves.
     pub queues: Vec<String>,
+    /// How many jobs it runs at once.
     pub pool_size: i32,
+    /// When it registered (RFC 3339, UTC).
     pub started_at: String,
     /// Seconds since its last heartbeat (database clock).
     pub heartbeat_age_secs: f64,
@@ -599,6 +674,76 @@ pub async fn workers(client: &Client) -> Result<Vec<WorkerInfo>, AdminError> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Periodic schedules
+
+/// One periodic schedule, as the workers that run it recorded it.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct PeriodicInfo {
+    /// The schedule's name (for a schedule defined on a job, the job's name).
+    pub name: String,
+    /// The job each slot enqueues.
+    pub job: String,
+    /// That job's queue.
+    pub queue: String,
+    /// The cron expression, shorthand or `@every` interval.
+    pub schedule: String,
+    /// The IANA time zone its cron fields are read in.
+    pub time_zone: String,
+    /// What it does about slots missed while no worker ran it: `run_latest` or `skip`.
+    pub missed: String,
+    /// The latest slot a job was enqueued for (RFC 3339, UTC), if any.
+    pub last_slot: Option<String>,
+    /// The id of that slot's job (it may since have been pruned).
+    pub last_job_id: Option<i64>,
+    /// The next slot (RFC 3339, UTC), as the last worker to look computed it.
+    pub next_slot: Option<String>,
+    /// Seconds since a worker last looked at it (database clock).
+    pub seen_age_secs: f64,
+    /// The worker that last looked at it.
+    pub seen_by: Option<i64>,
+}
+
+/// The schedules known to live workers: those a registered worker looked at last, or that a
+/// worker looked at within the last minute (a running schedule is looked at every 30 s at
+/// least). A schedule removed from every worker's code drops out of the list.
+const PERIODIC: &str = concat!(
+    "
+SELECT p.name, p.job, p.queue, p.schedule, p.time_zone, p.missed,
+       CASE WHEN p.last_slot IS NULL THEN NULL ELSE ",
+    utc!("p.last_slot"),
+    " END, p.last_job_id,
+       CASE WHEN p.next_slot IS NULL THEN NULL ELSE ",
+    utc!("p.next_slot"),
+    " END,
+       GREATEST(0, EXTRACT(EPOCH FROM now() - p.seen_at))::float8, p.seen_by
+FROM koyo_periodic AS p
+WHERE p.seen_at >= now() - interval '1 minute' OR EXISTS (SELECT 1 FROM koyo_workers AS w WHERE w.id = p.seen_by)
+ORDER BY p.next_slot NULLS LAST, p.name"
+);
+
+/// The periodic schedules known to live workers, the next to run first.
+pub async fn periodic(client: &Client) -> Result<Vec<PeriodicInfo>, AdminError> {
+    let rows = client.query_typed(PERIODIC, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| PeriodicInfo {
+            name: row.get(0),
+            job: row.get(1),
+            queue: row.get(2),
+            schedule: row.get(3),
+            time_zone: row.get(4),
+            missed: row.get(5),
+            last_slot: row.get(6),
+            last_job_id: row.get(7),
+            next_slot: row.get(8),
+            seen_age_secs: row.get(9),
+            seen_by: row.get(10),
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Activity (the charts)
 
 /// Per queue and minute: jobs finished done and failed, and the ready backlog, over the last
@@ -612,6 +757,7 @@ pub struct Activity {
     pub step_secs: u32,
     /// Buckets per series (one per minute).
     pub buckets: usize,
+    /// One series per queue with activity in the window.
     pub queues: Vec<QueueActivity>,
 }
 
@@ -619,6 +765,7 @@ pub struct Activity {
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct QueueActivity {
+    /// The queue's name.
     pub queue: String,
     /// Jobs that finished `done` in each minute.
     pub completed: Vec<i64>,

@@ -7,15 +7,23 @@
 //! start-up.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let (mut client, connection) =
-//!     tokio_postgres::connect("postgresql://postgres@localhost/app", tokio_postgres::NoTls).await?;
-//! tokio::spawn(connection);
+//! use koyo_job_migrate::tokio_postgres;
 //!
-//! let report = koyo_job_migrate::migrate(&mut client, None).await?;
-//! println!("applied {:?}; schema is at version {}", report.applied, report.version);
-//! # Ok(()) }
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let (mut client, connection) =
+//!         tokio_postgres::connect("postgresql://postgres@localhost/app", tokio_postgres::NoTls).await?;
+//!     tokio::spawn(connection);
+//!
+//!     let report = koyo_job_migrate::migrate(&mut client, None).await?;
+//!     println!("applied {:?}; schema is at version {}", report.applied, report.version);
+//!     Ok(())
+//! }
 //! ```
+//!
+//! Applications usually call it through `koyo_job::migrate(&broker)`; operators run the
+//! `koyo-job-migrate` command this package installs (`cargo install --locked koyo-job-migrate`),
+//! with `koyo-job-admin`, the operator's CLI, beside it.
 //!
 //! # Keeping the tables in their own PostgreSQL schema
 //!
@@ -29,7 +37,13 @@
 //! [`script`] returns all of the SQL as one script (`koyo-job-migrate --print`), including the
 //! rows of `koyo_job_migrations`, so that a later [`migrate`] finds nothing to do.
 
+#![warn(missing_docs)]
+
 pub mod admin;
+
+/// The PostgreSQL client this library is built on, re-exported so that the clients passed to
+/// [`migrate`], [`status`] and [`admin`]'s queries come from the same version.
+pub use tokio_postgres;
 
 use std::fmt;
 
@@ -81,6 +95,8 @@ pub static MIGRATIONS: &[Migration] = &[
         name: "failed_index",
         sql: include_str!("../migrations/004_failed_index.up.sql"),
     },
+    Migration { version: 5, name: "unique_jobs", sql: include_str!("../migrations/005_unique_jobs.up.sql") },
+    Migration { version: 6, name: "periodic", sql: include_str!("../migrations/006_periodic.up.sql") },
 ];
 
 /// The key of the transaction-level advisory lock that serialises migrations ("koyo_job" in

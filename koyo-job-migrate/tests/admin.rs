@@ -607,6 +607,37 @@ async fn workers_lists_live_workers_with_their_running_jobs() {
 }
 
 #[tokio::test]
+async fn periodic_lists_the_schedules_live_workers_run_the_next_first() {
+    let f = Fixture::new().await;
+    let worker = f.worker("host-a", 7, &["reports"]).await;
+    f.client
+        .batch_execute(&format!(
+            "INSERT INTO koyo_periodic (name, job, queue, schedule, time_zone, missed, last_slot, last_job_id,
+                                        next_slot, seen_at, seen_by) VALUES
+               ('nightly', 'app.report', 'reports', '0 3 * * *', 'Europe/Berlin', 'run_latest',
+                '2026-12-05 02:00:00+00', 41, '2026-12-06 02:00:00+00', now(), {worker}),
+               ('minutely', 'app.tick', 'reports', '@every 1m', 'UTC', 'skip',
+                NULL, NULL, '2026-12-05 10:01:00+00', now() - interval '10 seconds', NULL),
+               ('removed', 'app.old', 'reports', '@hourly', 'UTC', 'run_latest',
+                NULL, NULL, NULL, now() - interval '2 hours', 999)"
+        ))
+        .await
+        .unwrap();
+    let doc = json(&f.run(&["periodic", "--json"]));
+    let items = doc.get("periodic").items();
+    let names: Vec<&str> = items.iter().map(|p| p.get("name").str()).collect();
+    assert_eq!(names, ["minutely", "nightly"], "a schedule no live worker looked at lately is not listed");
+    let nightly = &items[1];
+    assert_eq!(nightly.get("schedule").str(), "0 3 * * *");
+    assert_eq!(nightly.get("time_zone").str(), "Europe/Berlin");
+    assert_eq!(nightly.get("last_slot").str(), "2026-12-05T02:00:00.000Z");
+    assert_eq!(nightly.get("last_job_id").num(), 41.0);
+    assert_eq!(nightly.get("next_slot").str(), "2026-12-06T02:00:00.000Z");
+    let table = ok(&f.run(&["periodic"]));
+    assert!(table.contains("NEXT SLOT") && table.contains("2026-12-05T02:00:00.000Z (job 41)"), "{table}");
+}
+
+#[tokio::test]
 async fn the_url_may_come_from_database_url() {
     let f = Fixture::new().await;
     let output = run(&["queues", "--json"], Some(&f.db.url()));

@@ -666,6 +666,27 @@
         stale ? el('span', { class: 'stale-tag', title: `no heartbeat within its ${w.lease_secs} s lease: its jobs go back to the queue` }, 'lost') : null));
   }
 
+  // ---------------------------------------------------------------- periodic
+
+  function renderPeriodic(schedules) {
+    $('periodic-empty').hidden = schedules.length > 0;
+    fillBody('periodic', $('periodic').tBodies[0], schedules, () => schedules.map(periodicRow));
+  }
+
+  function periodicRow(p) {
+    const last = p.last_slot
+      ? [relTime(p.last_slot), p.last_job_id != null
+        ? el('a', { href: `#job/${p.last_job_id}`, class: 'job-link' }, ` job ${p.last_job_id}`) : null]
+      : [el('span', { class: 'faint' }, '—')];
+    return el('tr', { 'data-periodic': p.name },
+      el('td', { class: 'clip', title: `job ${p.job}` }, p.name),
+      el('td', null, el('code', null, p.schedule)),
+      el('td', null, p.time_zone),
+      el('td', null, el('span', { class: 'tag' }, p.queue)),
+      el('td', null, ...last),
+      el('td', null, p.next_slot ? relTime(p.next_slot) : el('span', { class: 'faint' }, '—')));
+  }
+
   // ---------------------------------------------------------- refresh loop
 
   let timer = null, inFlight = false, again = false;
@@ -679,6 +700,7 @@
       api('queues').then((b) => renderQueues(b.queues || [])),
       loadJobs(),
       api('workers').then((b) => renderWorkers(b.workers || [])),
+      api('periodic').then((b) => renderPeriodic(b.periodic || [])),
     ];
     if (state.detailId !== null) {
       const id = state.detailId;

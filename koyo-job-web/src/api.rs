@@ -319,6 +319,10 @@ pub(crate) async fn workers(Extract(state): Shared) -> ApiResult<serde_json::Val
     Ok(Json(json!({ "workers": with_client(&state, async |c| admin::workers(c).await).await? })))
 }
 
+pub(crate) async fn periodic(Extract(state): Shared) -> ApiResult<serde_json::Value> {
+    Ok(Json(json!({ "periodic": with_client(&state, async |c| admin::periodic(c).await).await? })))
+}
+
 pub(crate) async fn activity(Extract(state): Shared, Params(params): Params) -> Result<Response, ApiError> {
     let minutes = match params.get("minutes").map(String::as_str).filter(|m| !m.is_empty()) {
         None => 60,

@@ -6,11 +6,19 @@
 //! of its own, and anyone who reaches it can retry, cancel and delete jobs.
 //!
 //! ```no_run
-//! # async fn demo(broker: koyo_job::Broker) {
-//! let admin = koyo_job_web::Admin::new(broker).mount("/admin/jobs");
-//! let app = axum::Router::new().merge(admin); // + your auth layer
-//! # let _: axum::Router = app;
-//! # }
+//! use koyo_job::Broker;
+//! use koyo_job_web::Admin;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let broker = Broker::connect("postgresql://app@localhost/app").await?;
+//!     let admin = Admin::new(broker).mount("/admin/jobs");
+//!     let app = axum::Router::new().merge(admin); // + your authentication layer
+//!
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app).await?; // the page: http://127.0.0.1:3000/admin/jobs
+//!     Ok(())
+//! }
 //! ```
 //!
 //! [`Admin::router`] gives the router alone, to `nest` yourself.
@@ -47,15 +55,15 @@
 //! browser cannot send a custom header to another origin without that origin's consent, and
 //! the router never gives it.
 
+#![warn(missing_docs)]
+
 mod api;
 mod csrf;
 mod page;
 
-/// `docs/operations.md`, whose Rust snippet (mounting this router) is a doc-test of this crate:
-/// `koyo-job`'s doc-tests, which cover the other guides, cannot depend on axum.
-#[cfg(doctest)]
-#[doc = include_str!("../../docs/operations.md")]
-struct OperationsGuide;
+/// The axum this router is built with. The application's `axum` must be the same major version
+/// (0.8) for [`Admin::mount`]'s router to merge into its own; this re-export names it.
+pub use axum;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,6 +162,7 @@ impl Admin {
             .route("/api/jobs/{id}/retry", post(api::retry))
             .route("/api/jobs/{id}/cancel", post(api::cancel))
             .route("/api/workers", get(api::workers))
+            .route("/api/periodic", get(api::periodic))
             .route("/api/activity", get(api::activity))
             .route("/api/csrf", get(api::csrf))
             // After every route: it replaces axum's empty 405 on the routes added so far.

@@ -395,6 +395,39 @@ async fn workers_list_heartbeat_lease_and_jobs_in_flight() {
 }
 
 #[tokio::test]
+async fn periodic_lists_the_schedules_of_live_workers_with_their_next_slot() {
+    let f = Fixture::new().await;
+    let hourly = koyo_job::Schedule::parse("@hourly").unwrap().in_time_zone("Europe/Berlin").unwrap();
+    let worker = koyo_job::Worker::builder(f.broker.clone())
+        .queue("mail")
+        .periodic(koyo_job::Periodic::new("hourly-welcome", hourly, || {
+            send_welcome(1, "a@example.com".into())
+        }))
+        .start()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let listed = loop {
+        let (status, body) = f.get("/admin/jobs/api/periodic").await;
+        assert_eq!(status, StatusCode::OK);
+        if let Some(p) =
+            body["periodic"].as_array().and_then(|a| a.first()).filter(|p| !p["next_slot"].is_null())
+        {
+            break p.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "not listed: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    worker.shutdown().await;
+    assert_eq!(listed["name"], "hourly-welcome");
+    assert_eq!(listed["schedule"], "@hourly");
+    assert_eq!(listed["time_zone"], "Europe/Berlin");
+    assert_eq!(listed["queue"], "mail");
+    assert_eq!(listed["missed"], "run_latest");
+    assert!(listed["next_slot"].as_str().unwrap().ends_with(":00:00.000Z"), "{listed}");
+}
+
+#[tokio::test]
 async fn activity_counts_finished_jobs_per_minute_and_the_backlog() {
     let f = Fixture::new().await;
     // The rows are placed by the minute of the database's clock: stay clear of a minute's end, so

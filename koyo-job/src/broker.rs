@@ -13,6 +13,7 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::error::{Error, QuietLog};
 use crate::job::{IntoNewJob, JobId, NewJob, RunAt};
+use crate::unique::Enqueued;
 use crate::{sql, telemetry};
 
 /// Settings for a [`Broker`]'s connections.
@@ -178,6 +179,11 @@ impl Broker {
     /// job is sent.
     pub async fn enqueue(&self, job: impl IntoNewJob) -> Result<JobId, Error> {
         let job = job.into_new_job()?;
+        if job.unique.is_some() {
+            // A unique job's id is the one that holds its key, new or not.
+            let answer = self.enqueue_unique(job).await?;
+            return Ok(answer.id().expect("a stored job has an id"));
+        }
         let params = insert_one_params(&job);
         let mut flight = InFlight::start(self, &job);
         let id = if flight.inline {
@@ -195,12 +201,20 @@ impl Broker {
 
     /// Stores many jobs, of any job types, in one statement and one round trip, and returns
     /// their ids in the same order. Each queue is notified once.
+    ///
+    /// Unique jobs among them ([`crate::UniqueJob`]) are stored one by one after the others, in
+    /// one transaction with them; for each, the id is that of the job that holds its key, new
+    /// or not. [`Broker::enqueue_each`] says which.
     pub async fn enqueue_many<I>(&self, jobs: I) -> Result<Vec<JobId>, Error>
     where
         I: IntoIterator,
         I::Item: IntoNewJob,
     {
-        let batch = Batch::encode(jobs)?;
+        let jobs = encode_all(jobs)?;
+        if jobs.iter().any(|job| job.unique.is_some()) {
+            return Ok(self.enqueue_each(jobs).await?.into_iter().map(stored_id).collect());
+        }
+        let batch = Batch::from_jobs(jobs);
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -208,6 +222,136 @@ impl Broker {
         batch.count_enqueued();
         Ok(batch_ids(&row))
     }
+
+    /// Stores one unique job, unless a job holding its key exists; says which happened.
+    pub(crate) async fn enqueue_unique(&self, job: NewJob) -> Result<Enqueued, Error> {
+        let client = self.client().await?;
+        let limit = self.inner.options.statement_timeout;
+        match tokio::time::timeout(limit, insert_unique(&client, &job)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                drop(Object::take(client));
+                Err(Error::Timeout(limit))
+            }
+        }
+    }
+
+    /// Stores many jobs like [`Broker::enqueue_many`], in one transaction, and says for each
+    /// whether it was stored ([`Enqueued::Created`]) or, for a unique job, which job already
+    /// holds its key ([`Enqueued::Existing`], or [`Enqueued::Replaced`] in replace mode).
+    pub async fn enqueue_each<I>(&self, jobs: I) -> Result<Vec<Enqueued>, Error>
+    where
+        I: IntoIterator,
+        I::Item: IntoNewJob,
+    {
+        let jobs = encode_all(jobs)?;
+        let mut client = self.client().await?;
+        let limit = self.inner.options.statement_timeout;
+        let run = async {
+            let tx = client.transaction().await?;
+            let answers = enqueue_each_on(tx.pg_client(), jobs).await?;
+            tx.commit().await?;
+            Ok(answers)
+        };
+        match tokio::time::timeout(limit, run).await {
+            Ok(answers) => answers,
+            Err(_) => {
+                drop(Object::take(client));
+                Err(Error::Timeout(limit))
+            }
+        }
+    }
+}
+
+fn encode_all<I>(jobs: I) -> Result<Vec<NewJob>, Error>
+where
+    I: IntoIterator,
+    I::Item: IntoNewJob,
+{
+    jobs.into_iter().map(IntoNewJob::into_new_job).collect()
+}
+
+/// The id of a job the database stored or found (never in synchronous mode, which the broker's
+/// own calls do not use).
+fn stored_id(answer: Enqueued) -> JobId {
+    answer.id().expect("a stored job has an id")
+}
+
+/// Stores `jobs` through `client` (inside a transaction the caller commits): the plain ones in
+/// one statement, then each unique one. Answers in input order.
+async fn enqueue_each_on(client: &tokio_postgres::Client, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, Error> {
+    let mut answers: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+    let (mut unique, mut plain, mut plain_at) = (Vec::new(), Vec::new(), Vec::new());
+    for (at, job) in jobs.into_iter().enumerate() {
+        if job.unique.is_some() {
+            unique.push((at, job));
+        } else {
+            plain_at.push(at);
+            plain.push(job);
+        }
+    }
+    let batch = Batch::from_jobs(plain);
+    if !batch.is_empty() {
+        let rows = query_typed(client, &sql::INSERT_MANY, &batch.params()).await?;
+        batch.count_enqueued();
+        let ids = rows.first().map(batch_ids).unwrap_or_default();
+        for (at, id) in plain_at.into_iter().zip(ids) {
+            answers[at] = Some(Enqueued::Created(id));
+        }
+    }
+    for (at, job) in unique {
+        answers[at] = Some(insert_unique(client, &job).await?);
+    }
+    Ok(answers.into_iter().map(|a| a.expect("every job answered")).collect())
+}
+
+/// Stores one unique job through `client` ([`sql::INSERT_UNIQUE`], or
+/// [`sql::INSERT_UNIQUE_REPLACE`] in replace mode) and turns the statement's answer into an
+/// [`Enqueued`]. The statement is sent again when its answer cannot settle the question: the
+/// job holding the key committed after the statement's snapshot (so it conflicted but could
+/// not be seen), or, in replace mode, it was already running (it is detached first). Always
+/// sent unnamed: unique inserts are not the hot path, and this way they work behind PgBouncer.
+async fn insert_unique(client: &tokio_postgres::Client, job: &NewJob) -> Result<Enqueued, Error> {
+    const TRIES: usize = 20;
+    let unique = job.unique.as_ref().expect("a unique job");
+    let stmt = if unique.replace { &sql::INSERT_UNIQUE_REPLACE } else { &sql::INSERT_UNIQUE };
+    let (at, delay) = split_run_at(job.run_at);
+    let params: [&(dyn ToSql + Sync); 11] = [
+        &job.queue,
+        &job.name,
+        &job.args,
+        &job.priority,
+        &job.max_attempts,
+        &at,
+        &delay,
+        &unique.scope,
+        &unique.key,
+        &unique.period,
+        &unique.states,
+    ];
+    for _ in 0..TRIES {
+        let rows = query_typed(client, stmt, &params).await?;
+        let row = rows.first().ok_or(Error::NoRow(stmt_name(stmt)))?;
+        let id: Option<i64> = row.get("id");
+        let holder: Option<i64> = row.get("holder");
+        match (id, row.get::<_, Option<bool>>("created")) {
+            (Some(id), Some(false)) => return Ok(Enqueued::Replaced(JobId(id))),
+            (Some(id), _) => {
+                telemetry::enqueued([(job.queue, job.name)]);
+                return Ok(Enqueued::Created(JobId(id)));
+            }
+            (None, _) => {}
+        }
+        match (holder, row.get::<_, Option<String>>("holder_status").as_deref()) {
+            (Some(holder), Some("running")) if unique.replace => {
+                let key: String = row.get("key");
+                query_typed(client, &sql::DETACH_UNIQUE, &[&holder, &key]).await?;
+            }
+            (Some(holder), _) => return Ok(Enqueued::Existing(JobId(holder))),
+            (None, _) => {}
+        }
+    }
+    Err(Error::UniqueContended { job: job.name })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -391,10 +535,22 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Stores one job through `client`, which may be inside an open transaction.
 pub(crate) async fn enqueue_with<C: Executor + ?Sized>(client: &C, job: NewJob) -> Result<JobId, Error> {
+    if job.unique.is_some() {
+        return Ok(stored_id(enqueue_unique_with(client, job).await?));
+    }
     let rows = query_typed(client.pg_client(), &sql::INSERT_ONE, &insert_one_params(&job).as_refs()).await?;
     let row = rows.first().ok_or(Error::NoRow(stmt_name(&sql::INSERT_ONE)))?;
     telemetry::enqueued([(job.queue, job.name)]);
     Ok(JobId(row.get(0)))
+}
+
+/// Stores one unique job through `client`, which may be inside an open transaction (a
+/// rollback then frees the key).
+pub(crate) async fn enqueue_unique_with<C: Executor + ?Sized>(
+    client: &C,
+    job: NewJob,
+) -> Result<Enqueued, Error> {
+    insert_unique(client.pg_client(), &job).await
 }
 
 /// Sends a statement as one unnamed parse-bind-execute round trip.
@@ -421,13 +577,29 @@ where
     I: IntoIterator,
     I::Item: IntoNewJob,
 {
-    let batch = Batch::encode(jobs)?;
+    let jobs = encode_all(jobs)?;
+    if jobs.iter().any(|job| job.unique.is_some()) {
+        return Ok(enqueue_each_in(client, jobs).await?.into_iter().map(stored_id).collect());
+    }
+    let batch = Batch::from_jobs(jobs);
     if batch.is_empty() {
         return Ok(Vec::new());
     }
     let rows = query_typed(client.pg_client(), &sql::INSERT_MANY, &batch.params()).await?;
     batch.count_enqueued();
     Ok(rows.first().map(batch_ids).unwrap_or_default())
+}
+
+/// Stores many jobs through `client` like [`enqueue_many_in`], and says for each whether it
+/// was stored or which job already holds its unique key (see [`Broker::enqueue_each`]). Inside
+/// the caller's transaction, they exist only if it commits.
+pub async fn enqueue_each_in<C, I>(client: &C, jobs: I) -> Result<Vec<Enqueued>, Error>
+where
+    C: Executor + ?Sized,
+    I: IntoIterator,
+    I::Item: IntoNewJob,
+{
+    enqueue_each_on(client.pg_client(), encode_all(jobs)?).await
 }
 
 /// A connection koyo-job can store jobs through: a client, or an open transaction, of
@@ -509,14 +681,9 @@ struct Batch {
 }
 
 impl Batch {
-    fn encode<I>(jobs: I) -> Result<Batch, Error>
-    where
-        I: IntoIterator,
-        I::Item: IntoNewJob,
-    {
+    fn from_jobs(jobs: Vec<NewJob>) -> Batch {
         let mut batch = Batch::default();
         for job in jobs {
-            let job = job.into_new_job()?;
             let (at, delay) = split_run_at(job.run_at);
             batch.queues.push(job.queue);
             batch.names.push(job.name);
@@ -526,7 +693,7 @@ impl Batch {
             batch.ats.push(at);
             batch.delays.push(delay);
         }
-        Ok(batch)
+        batch
     }
 
     /// Counts the batch in the enqueue metric (inside a transaction: when stored, even if the
@@ -592,7 +759,7 @@ mod tests {
     use super::*;
 
     fn job(queue: &'static str, run_at: RunAt) -> NewJob {
-        NewJob { queue, name: "t", args: Vec::new(), priority: 0, max_attempts: 1, run_at }
+        NewJob { queue, name: "t", args: Vec::new(), priority: 0, max_attempts: 1, run_at, unique: None }
     }
 
     fn unreachable_broker() -> Broker {

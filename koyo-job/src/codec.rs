@@ -38,13 +38,24 @@ pub enum DecodeError {
     Invalid(String),
     /// The arguments decoded but bytes were left over: they were written for other types.
     #[error("job arguments have {trailing} unexpected trailing bytes (written for a different signature?)")]
-    TrailingBytes { trailing: usize },
+    TrailingBytes {
+        /// How many bytes were left.
+        trailing: usize,
+    },
     /// The stored payload is over the size limit.
     #[error("job arguments are {size} bytes, over the limit of {limit}")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// The stored size in bytes.
+        size: usize,
+        /// [`MAX_ARGS_BYTES`].
+        limit: usize,
+    },
     /// The arguments nest deeper than [`MAX_ARGS_DEPTH`] levels.
     #[error("job arguments nest more than {limit} levels deep (a recursive type, or a crafted row)")]
-    TooDeep { limit: usize },
+    TooDeep {
+        /// [`MAX_ARGS_DEPTH`].
+        limit: usize,
+    },
 }
 
 /// Encodes arguments, refusing payloads over [`MAX_ARGS_BYTES`].

@@ -18,10 +18,20 @@ pub enum Error {
     NoCurrentBroker,
     /// A queue name breaks the naming rule.
     #[error("invalid queue name {name:?}: {why}")]
-    InvalidQueue { name: String, why: &'static str },
+    InvalidQueue {
+        /// The name given.
+        name: String,
+        /// Which part of the rule it breaks.
+        why: &'static str,
+    },
     /// A job name breaks the naming rule.
     #[error("invalid job name {name:?}: {why}")]
-    InvalidJobName { name: String, why: &'static str },
+    InvalidJobName {
+        /// The name given.
+        name: String,
+        /// Which part of the rule it breaks.
+        why: &'static str,
+    },
     /// A negative priority.
     #[error("invalid priority {0}: priorities run from 0 (first) to 32767")]
     InvalidPriority(i16),
@@ -29,14 +39,35 @@ pub enum Error {
     #[error(
         "job arguments take {size} bytes, over the limit of {limit} bytes; store large data elsewhere and pass its key"
     )]
-    ArgsTooLarge { size: usize, limit: usize },
+    ArgsTooLarge {
+        /// The encoded size in bytes.
+        size: usize,
+        /// [`crate::MAX_ARGS_BYTES`].
+        limit: usize,
+    },
     /// The arguments nest deeper than [`crate::MAX_ARGS_DEPTH`] levels, which no worker would
     /// decode.
     #[error(
         "job arguments nest more than {limit} levels deep, deeper than workers decode (so that no \
          stored row can overflow their stack); flatten the value, or store it elsewhere and pass its key"
     )]
-    ArgsTooDeep { limit: usize },
+    ArgsTooDeep {
+        /// [`crate::MAX_ARGS_DEPTH`].
+        limit: usize,
+    },
+    /// A unique job's key ([`crate::Unique::by_key`]) cannot be used.
+    #[error("invalid unique key: {0}")]
+    InvalidUniqueKey(&'static str),
+    /// A unique job's period ([`crate::Unique::per`]) is shorter than a second.
+    #[error("invalid unique period {0:?}: it must be at least one second")]
+    InvalidUniquePeriod(std::time::Duration),
+    /// A unique key changed hands so often while a job was being stored that no answer held
+    /// still (it never happens without a storm of inserts and finishes of the same key).
+    #[error("the unique key of a {job} job changed hands too often while it was being stored; try again")]
+    UniqueContended {
+        /// The job's stored name.
+        job: &'static str,
+    },
     /// The arguments could not be serialized.
     #[error("job arguments could not be serialized: {0}")]
     Serialize(String),
@@ -95,6 +126,19 @@ pub enum Error {
     /// Two job definitions use the same name, or another registry problem.
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    /// A periodic job's schedule (defined on the job) cannot be used, e.g. its time zone is
+    /// unknown on this machine.
+    #[error("the periodic schedule of {name} cannot be used: {source}")]
+    Schedule {
+        /// The schedule's name.
+        name: String,
+        /// Why.
+        #[source]
+        source: crate::ScheduleError,
+    },
+    /// A schedule given at run time cannot be used (see [`crate::Schedule::parse`]).
+    #[error(transparent)]
+    InvalidSchedule(#[from] crate::ScheduleError),
     /// A worker was configured in a way that cannot work.
     #[error("invalid worker configuration: {0}")]
     WorkerConfig(String),
@@ -104,10 +148,18 @@ pub enum Error {
     /// This attempt no longer owns its job: another worker took it over after this one missed
     /// its heartbeats. Nothing was written.
     #[error("job {id} was taken over by another worker (this attempt's lease was lost)")]
-    LeaseLost { id: crate::job::JobId },
+    LeaseLost {
+        /// The job.
+        id: crate::job::JobId,
+    },
     /// In synchronous mode, the job ran in place and did not succeed.
     #[error("job {job} ran inline and {failure}")]
-    Inline { job: &'static str, failure: JobFailure },
+    Inline {
+        /// The job's stored name.
+        job: &'static str,
+        /// How its run ended.
+        failure: JobFailure,
+    },
 }
 
 impl Error {
@@ -177,7 +229,12 @@ pub enum JobFailure {
     /// The body ran past its timeout and was dropped.
     TimedOut(std::time::Duration),
     /// The body called `retry!`, with the delay and reason it gave.
-    RetryRequested { delay: Option<std::time::Duration>, reason: Option<String> },
+    RetryRequested {
+        /// The delay given to `retry!`; `None` for the worker's backoff.
+        delay: Option<std::time::Duration>,
+        /// The reason given to `retry!`, if any.
+        reason: Option<String>,
+    },
 }
 
 impl fmt::Display for JobFailure {

@@ -42,6 +42,10 @@ pub struct JobDescriptor {
     pub priority: i16,
     pub max_attempts: i32,
     pub timeout: Option<Duration>,
+    /// Uniqueness from the definition (`unique`, `unique_for`), if any.
+    pub unique: Option<crate::unique::UniqueSpec>,
+    /// The schedule from the definition (`cron`, `every`), if any.
+    pub periodic: Option<crate::periodic::PeriodicSpec>,
     /// `file:line` of the definition, for duplicate-name errors.
     pub file: &'static str,
     pub line: u32,
@@ -144,6 +148,12 @@ impl<A: JobArgument> Job<A> {
         self
     }
 
+    /// Makes this call unique: it is stored only if no job holding the same key exists (see
+    /// [`Unique`](crate::Unique)), and awaiting it says which happened ([`crate::Enqueued`]).
+    pub fn unique(self, unique: crate::Unique) -> crate::UniqueJob<A> {
+        crate::UniqueJob::new(self, unique)
+    }
+
     /// Encodes the call into a row ready to insert: checks names, priority and argument size.
     pub fn encode(self) -> Result<NewJob, Error> {
         let priority = self.priority();
@@ -166,6 +176,7 @@ impl<A: JobArgument> Job<A> {
             priority,
             max_attempts: self.descriptor.max_attempts,
             run_at: self.run_at,
+            unique: None,
         })
     }
 
@@ -190,6 +201,17 @@ impl<A: JobArgument> Job<A> {
         crate::worker::run_body(fut, &ctx, None)
             .await
             .map_err(|failure| Error::Inline { job: self.descriptor.name, failure })
+    }
+}
+
+impl<A> Job<A> {
+    /// This call made unique as its definition says (`#[define_job(unique …)]`): what the stub
+    /// of such a job returns. (No bounds on `A`: in a build where an argument type is wrong,
+    /// that argument's own check reports it, and this adds nothing.)
+    #[doc(hidden)]
+    pub fn unique_as_defined(self) -> crate::UniqueJob<A> {
+        let unique = self.descriptor.unique.map(|spec| spec.to_unique()).unwrap_or_default();
+        crate::UniqueJob::new(self, unique)
     }
 }
 
@@ -220,13 +242,13 @@ impl<A: JobArgument> IntoFuture for Job<A> {
 /// schedule_at(when, say_hello("Bogdan".into())).await?;
 /// # Ok(()) }
 /// ```
-pub fn schedule_at<A: JobArgument>(when: OffsetDateTime, job: Job<A>) -> Job<A> {
-    job.at(when)
+pub fn schedule_at<J: crate::unique::Schedulable>(when: OffsetDateTime, job: J) -> J {
+    job.due_at(when)
 }
 
 /// Runs `job` no earlier than `delay` from now, measured by the database's clock.
-pub fn schedule_in<A: JobArgument>(delay: Duration, job: Job<A>) -> Job<A> {
-    job.after(delay)
+pub fn schedule_in<J: crate::unique::Schedulable>(delay: Duration, job: J) -> J {
+    job.due_in(delay)
 }
 
 /// A job encoded for storage, of any job type: what bulk enqueue takes.
@@ -238,6 +260,8 @@ pub struct NewJob {
     pub(crate) priority: i16,
     pub(crate) max_attempts: i32,
     pub(crate) run_at: RunAt,
+    /// Set for a unique job.
+    pub(crate) unique: Option<crate::unique::UniqueRow>,
 }
 
 impl NewJob {

@@ -28,38 +28,62 @@
 //! ```
 //!
 //! Metrics (counters, histograms and queue gauges) go through the `metrics` facade: see the
-//! table in `docs/operations.md`. Every job runs inside a `koyo_job.run` tracing span carrying
-//! its id, queue, name and attempt.
+//! table in the repository's `docs/operations.md`. Every job runs inside a `koyo_job.run`
+//! tracing span carrying its id, queue, name and attempt.
 //!
 //! Job definitions are collected at link time: a crate whose jobs a worker must run has to be
 //! linked into the worker binary (`use my_jobs as _;` is enough).
+//!
+//! The feature `testing` adds `koyo_job::testing`: a fresh database per test on a PostgreSQL
+//! server it finds or starts, and a private server a test can crash and restart. The tables are
+//! created by [`migrate`] or by the `koyo-job-migrate` command (package `koyo-job-migrate`); the
+//! admin page is the crate `koyo-job-web`.
+
+#![warn(missing_docs)]
+// docs.rs builds with `--cfg docsrs` on nightly: items of the `testing` feature say they need it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod broker;
 mod codec;
-#[cfg(doctest)]
-mod doc_snippets;
 mod error;
 mod inline;
 mod job;
 mod middleware;
 mod name;
+mod periodic;
 mod registry;
+mod schedule;
 mod sql;
 mod telemetry;
 mod text;
+mod unique;
 mod worker;
 
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
-/// The connection pool koyo-job is built on, re-exported for the same reason.
+// The crates whose types appear in koyo-job's API, re-exported so that an application can name
+// exactly the versions koyo-job was built with (see "Public surface" in docs/architecture.md).
+
+/// The connection pool koyo-job is built on, re-exported so that the pool and connections
+/// [`Broker::pool`] and [`Broker::client`] hand out are types of the version you name.
 pub use deadpool_postgres;
+/// The serialization framework job arguments go through ([`JobArgument`] is `Serialize +
+/// DeserializeOwned`), re-exported to name the version koyo-job uses. To derive its traits
+/// through this path, add `#[serde(crate = "koyo_job::serde")]` to the type.
+pub use serde;
+/// The date and time library of [`schedule_at`] and [`Job::at`] (`OffsetDateTime`) and of
+/// `retry!`'s `time::Duration` delays, re-exported so that the values you pass come from the
+/// same version.
+pub use time;
 /// The PostgreSQL client koyo-job is built on, re-exported so that transactions passed to
-/// [`Job::enqueue_in`] come from the same version.
+/// [`Job::enqueue_in`] and the configuration [`Broker::new`] takes come from the same version.
 pub use tokio_postgres;
 
 pub use broker::{
-    Broker, BrokerOptions, Executor, current_broker, enqueue_many_in, set_current_broker, with_broker,
+    Broker, BrokerOptions, Executor, current_broker, enqueue_each_in, enqueue_many_in, set_current_broker,
+    with_broker,
 };
 pub use codec::{DecodeError, MAX_ARGS_BYTES, MAX_ARGS_DEPTH};
 pub use error::{Error, JobFailure};
@@ -71,7 +95,10 @@ pub use job::{
 pub use koyo_job_macros::define_job;
 pub use middleware::{JobInfo, Middleware, Next, Outcome};
 pub use name::{MAX_JOB_NAME_LEN, MAX_QUEUE_LEN};
+pub use periodic::{Missed, Periodic};
 pub use registry::{Registry, RegistryError, RenderError};
+pub use schedule::{Schedule, ScheduleError};
+pub use unique::{Enqueued, JobState, Schedulable, Unique, UniqueJob};
 
 /// The operator's queries (queue counts, job lists, retry/cancel/delete under the state rules,
 /// workers, activity), shared by `koyo-job-admin` and the admin page of `koyo-job-web`, for
@@ -79,10 +106,22 @@ pub use registry::{Registry, RegistryError, RenderError};
 pub use koyo_job_migrate::admin;
 pub use worker::{Backoff, Retention, Worker, WorkerBuilder, WorkerHandle};
 
+/// The schema's migrations (the library behind the `koyo-job-migrate` command): the
+/// [`Report`](migrations::Report) [`migrate`] returns, the
+/// [`MigrateError`](migrations::MigrateError) in [`Error::Migrate`], a database's
+/// [`status`](migrations::status), the SQL as one [`script`](migrations::script) for another
+/// migration tool, and [`migrate`](migrations::migrate) on a plain connection, which can put
+/// the tables in a PostgreSQL schema of their own.
+pub mod migrations {
+    pub use koyo_job_migrate::{
+        MIGRATIONS, MigrateError, Migration, Report, Status, latest_version, migrate, script, status,
+    };
+}
+
 /// Creates or upgrades koyo-job's tables (the same as running `koyo-job-migrate`), through a
 /// [`Broker`] or a `deadpool_postgres::Pool`. Safe to call from every process at start-up: it
 /// is idempotent and serialised by an advisory lock.
-pub async fn migrate(db: &impl HasPool) -> Result<koyo_job_migrate::Report, Error> {
+pub async fn migrate(db: &impl HasPool) -> Result<migrations::Report, Error> {
     let mut client = db.pool().get().await?;
     Ok(koyo_job_migrate::migrate(&mut client, None).await?)
 }
@@ -142,6 +181,8 @@ pub mod __private {
         JobOutput, LacksBoth, LacksDeserialize, LacksSerialize, Registration, SendableArgument,
         SerializableArgument, Storable, StorableArgument,
     };
+    pub use crate::periodic::PeriodicSpec;
+    pub use crate::unique::UniqueSpec;
     pub use inventory;
 
     use crate::codec;

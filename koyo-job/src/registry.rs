@@ -15,10 +15,22 @@ pub enum RegistryError {
         "two jobs are named {name:?}: one defined at {first}, the other at {second}; \
          give one of them another `name = \"…\"`"
     )]
-    Duplicate { name: &'static str, first: String, second: String },
+    Duplicate {
+        /// The name both use.
+        name: &'static str,
+        /// Where one definition is (`file:line`); the two places are sorted.
+        first: String,
+        /// Where the other one is.
+        second: String,
+    },
     /// A definition's name or queue breaks the naming rule.
     #[error("the job defined at {at} is invalid: {why}")]
-    Invalid { at: String, why: String },
+    Invalid {
+        /// Where the definition is (`file:line`).
+        at: String,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 /// Why [`Registry::render_args`] could not show a job's arguments.
@@ -125,6 +137,8 @@ mod tests {
         priority: 50,
         max_attempts: 20,
         timeout: None,
+        unique: None,
+        periodic: None,
         file: "src/a.rs",
         line: 1,
         run: never,

@@ -66,6 +66,137 @@ RETURNING id, status = 'scheduled'",
     types: &[Type::TEXT, Type::TEXT, Type::BYTEA, Type::INT2, Type::INT4, Type::TIMESTAMPTZ, Type::FLOAT8],
 };
 
+/// The predicate of the partial unique index `koyo_jobs_unique` (migration 5), over columns
+/// prefixed with `$prefix` (`""` or `"j."`): the job holds its unique key in its current state.
+macro_rules! holds_unique_key {
+    ($prefix:literal) => {
+        concat!(
+            $prefix,
+            "unique_key IS NOT NULL AND (",
+            $prefix,
+            "unique_states & CASE ",
+            $prefix,
+            "status WHEN 'scheduled' THEN 1 WHEN 'ready' THEN 2 WHEN 'running' THEN 4 WHEN 'done' THEN 8 \
+             WHEN 'failed' THEN 16 ELSE 32 END) <> 0"
+        )
+    };
+}
+
+/// The unique key of a job, computed by the database: the job's name, then what makes it
+/// unique — its arguments (a SHA-256 of their bytes), its queue or the application's key — and,
+/// for "at most one per period", the period's length and number by the database's clock.
+/// Uses the parameters of [`INSERT_UNIQUE`].
+macro_rules! unique_key {
+    () => {
+        "$2::text || CASE $8::text WHEN 'args' THEN ' args:' || encode(sha256($3::bytea), 'hex') \
+                                 WHEN 'queue' THEN ' queue:' || $1::text \
+                                 ELSE ' key:' || $9::text END \
+                 || COALESCE(' per:' || $10::float8 || 's#' || floor(EXTRACT(EPOCH FROM now()) / $10::float8)::int8, '')"
+    };
+}
+
+/// What both unique inserts return: one row, always — the new (or replaced) job's id, or else
+/// the id and state of the job that holds the key (none if it committed after this
+/// statement's snapshot, or left the key meanwhile: the caller then asks again), and the key.
+macro_rules! unique_answer {
+    () => {
+        "
+), notified AS (
+    SELECT pg_notify(CASE WHEN status = 'ready' THEN 'koyo_jobs' ELSE 'koyo_jobs_scheduled' END, $1::text)
+    FROM ins
+)
+SELECT (SELECT id FROM ins) AS id, (SELECT created FROM ins) AS created,
+       (SELECT count(*) FROM notified) AS notified, input.key, holder.id AS holder, holder.status AS holder_status
+FROM input
+LEFT JOIN LATERAL (
+    SELECT j.id, j.status FROM koyo_jobs AS j
+    WHERE NOT EXISTS (SELECT 1 FROM ins) AND j.unique_key = input.key AND "
+    };
+}
+
+/// Inserts one unique job unless a job holding the same key exists (`ON CONFLICT DO NOTHING`
+/// on the unique index: concurrent inserts of one key store exactly one row), and notifies in
+/// the same statement. See `unique_answer!` for what it returns.
+///
+/// Params: as [`INSERT_ONE`], then scope (`args`, `queue` or `key`), key (for `key`), period
+/// in seconds (nullable), states holding the key (bits).
+pub const INSERT_UNIQUE: Statement = Statement {
+    sql: concat!(
+        "
+WITH input AS (
+    SELECT COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)) AS at, ",
+        unique_key!(),
+        " AS key
+), ins AS (
+    INSERT INTO koyo_jobs (queue, job, args, priority, max_attempts, scheduled_at, status, unique_key, unique_states)
+    SELECT $1::text, $2::text, $3::bytea, $4::int2, $5::int4, input.at,
+           CASE WHEN input.at > now() THEN 'scheduled' ELSE 'ready' END, input.key, $11::int2
+    FROM input
+    ON CONFLICT DO NOTHING
+    RETURNING id, status, true AS created",
+        unique_answer!(),
+        holds_unique_key!("j."),
+        "
+) AS holder ON true"
+    ),
+    types: UNIQUE_TYPES,
+};
+
+/// [`INSERT_UNIQUE`] in replace mode: a job holding the key that still waits takes this one's
+/// arguments, priority, attempts limit and due time (`created` is then false); one that runs is
+/// left alone (the caller detaches it with [`DETACH_UNIQUE`] and asks again).
+///
+/// Params: as [`INSERT_UNIQUE`].
+pub const INSERT_UNIQUE_REPLACE: Statement = Statement {
+    sql: concat!(
+        "
+WITH input AS (
+    SELECT COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)) AS at, ",
+        unique_key!(),
+        " AS key
+), ins AS (
+    INSERT INTO koyo_jobs (queue, job, args, priority, max_attempts, scheduled_at, status, unique_key, unique_states)
+    SELECT $1::text, $2::text, $3::bytea, $4::int2, $5::int4, input.at,
+           CASE WHEN input.at > now() THEN 'scheduled' ELSE 'ready' END, input.key, $11::int2
+    FROM input
+    ON CONFLICT (unique_key) WHERE ",
+        holds_unique_key!(""),
+        "
+    DO UPDATE SET args = EXCLUDED.args, priority = EXCLUDED.priority, max_attempts = EXCLUDED.max_attempts,
+                  scheduled_at = EXCLUDED.scheduled_at, status = EXCLUDED.status
+    WHERE koyo_jobs.status IN ('scheduled', 'ready')
+    RETURNING id, status, xmax = 0 AS created",
+        unique_answer!(),
+        holds_unique_key!("j."),
+        "
+) AS holder ON true"
+    ),
+    types: UNIQUE_TYPES,
+};
+
+const UNIQUE_TYPES: &[Type] = &[
+    Type::TEXT,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::INT2,
+    Type::INT4,
+    Type::TIMESTAMPTZ,
+    Type::FLOAT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::FLOAT8,
+    Type::INT2,
+];
+
+/// Takes the unique key from a running job, so that a replacing job can be stored beside it
+/// (replace mode: the running one was already too far along to take the new arguments).
+///
+/// Params: job id, its key.
+pub const DETACH_UNIQUE: Statement = Statement {
+    sql: "UPDATE koyo_jobs SET unique_key = NULL WHERE id = $1 AND unique_key = $2 AND status = 'running'",
+    types: &[Type::INT8, Type::TEXT],
+};
+
 /// Announces jobs already committed: one notification per (channel, queue) pair, in one
 /// statement and one commit. The commit carries nothing that must survive a crash, so it does
 /// not wait for its WAL flush (`synchronous_commit` off for this transaction only): the
@@ -362,4 +493,59 @@ WITH doomed AS MATERIALIZED (
 )
 DELETE FROM koyo_jobs AS j USING doomed WHERE j.id = doomed.id RETURNING j.id",
     types: &[Type::FLOAT8, Type::FLOAT8, Type::FLOAT8, Type::INT8],
+};
+
+/// Records the periodic schedules a worker runs (creating or updating their rows: a changed
+/// expression takes over at the next start) and answers, for each, the latest slot any worker
+/// enqueued; also the database's time, from which the worker computes slots.
+///
+/// Params: names, job names, queues, schedules, time zones, missed policies (parallel arrays),
+/// worker id.
+pub const PERIODIC_REGISTER: Statement = Statement {
+    sql: "
+WITH up AS (
+    INSERT INTO koyo_periodic AS p (name, job, queue, schedule, time_zone, missed, seen_at, seen_by)
+    SELECT n, j, q, s, z, m, now(), $7::int8
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS t(n, j, q, s, z, m)
+    ON CONFLICT (name) DO UPDATE
+    SET job = EXCLUDED.job, queue = EXCLUDED.queue, schedule = EXCLUDED.schedule,
+        time_zone = EXCLUDED.time_zone, missed = EXCLUDED.missed, seen_at = now(), seen_by = $7::int8
+    RETURNING name, last_slot
+)
+SELECT now() AS now, COALESCE(array_agg(name), '{}') AS names, COALESCE(array_agg(last_slot), '{}') AS last_slots FROM up",
+    types: &[
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::INT8,
+    ],
+};
+
+/// The database's time, for a periodic enqueuer's look.
+pub const NOW: Statement = Statement { sql: "SELECT now()", types: &[] };
+
+/// After a periodic enqueuer's look: for each schedule, the slot it enqueued (NULL if none) and
+/// that slot's job, and the next slot; never moves `last_slot` back.
+///
+/// Params: names, slots (nullable elements), job ids (nullable elements), next slots (nullable
+/// elements), worker id.
+pub const PERIODIC_SEEN: Statement = Statement {
+    sql: "
+UPDATE koyo_periodic AS p
+SET last_job_id = CASE WHEN t.slot IS NOT NULL AND t.slot >= COALESCE(p.last_slot, '-infinity')
+                       THEN t.job_id ELSE p.last_job_id END,
+    last_slot = GREATEST(p.last_slot, t.slot),
+    next_slot = t.next_slot, seen_at = now(), seen_by = $5::int8
+FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::timestamptz[]) AS t(name, slot, job_id, next_slot)
+WHERE p.name = t.name",
+    types: &[
+        Type::TEXT_ARRAY,
+        Type::TIMESTAMPTZ_ARRAY,
+        Type::INT8_ARRAY,
+        Type::TIMESTAMPTZ_ARRAY,
+        Type::INT8,
+    ],
 };

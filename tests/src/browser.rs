@@ -6,12 +6,16 @@
 //! the servers it talks to run on runtime worker threads (`#[tokio::test(flavor =
 //! "multi_thread")]`).
 //!
-//! ```ignore
-//! let Some(browser) = Browser::launch()? else { return }; // no Chromium installed
+//! ```no_run
+//! # use koyo_job_tests::browser::Browser;
+//! # use std::time::Duration;
+//! # fn demo() -> Result<(), String> {
+//! let Some(browser) = Browser::launch()? else { return Ok(()) }; // no Chromium installed
 //! browser.goto("http://127.0.0.1:8080/")?;
 //! browser.wait_for("document.querySelector('#ready') !== null", Duration::from_secs(5))?;
 //! browser.click("#go")?;
 //! assert!(browser.errors().is_empty());
+//! # Ok(()) }
 //! ```
 
 use std::collections::HashMap;

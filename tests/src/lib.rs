@@ -13,6 +13,9 @@ use koyo_job::testing::TestDatabase;
 use koyo_job::{Broker, BrokerOptions, JobId, Worker, WorkerBuilder};
 
 pub mod browser;
+/// The guides' and the READMEs' snippets, as this package's doc-tests.
+#[cfg(doctest)]
+mod guides;
 
 /// One test's world: its own database, a broker on it, and the key its jobs use.
 pub struct Env {
@@ -442,6 +445,20 @@ pub mod chaos {
         execution.finish().await
     }
 
+    /// Enqueued every second by the workers that serve queue `periodic`; records its run.
+    #[define_job(name = "chaos.tick", queue = "periodic", every = "1s")]
+    pub async fn tick_job() -> Result<(), String> {
+        Running::begin(0, "tick").await?.finish().await
+    }
+
+    /// Every 4 s on queue `periodic_latest`, running the latest missed slot after an outage.
+    #[define_job(name = "chaos.tick_latest", queue = "periodic_latest", every = "4s")]
+    pub async fn tick_latest_job() {}
+
+    /// Every 4 s on queue `periodic_skip`, skipping the slots missed in an outage.
+    #[define_job(name = "chaos.tick_skip", queue = "periodic_skip", every = "4s", missed = "skip")]
+    pub async fn tick_skip_job() {}
+
     fn noop_runs() -> &'static Mutex<HashMap<i64, u32>> {
         static RUNS: OnceLock<Mutex<HashMap<i64, u32>>> = OnceLock::new();
         RUNS.get_or_init(Default::default)
@@ -475,6 +492,9 @@ pub mod chaos {
             noop_job(0).name(),
             bad_text_job(0, String::new()).name(),
             deep_job(0, Chain::End).name(),
+            tick_job().name(),
+            tick_latest_job().name(),
+            tick_skip_job().name(),
         ]
     }
 

@@ -296,6 +296,38 @@ async fn opens_a_job_from_its_url_and_refuses_posts_without_the_csrf_token() {
 }
 
 /// Where the screenshot goes: `$CARGO_TARGET_DIR`, else the workspace's `target/`.
+/// The periodic schedules a live worker runs are listed, with their last slot linking to its
+/// job and their next slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shows_the_periodic_schedules_of_live_workers() {
+    let Some(browser) = browser_or_skip("shows_the_periodic_schedules_of_live_workers") else { return };
+    let env = env().await;
+    let every_second = koyo_job::Schedule::parse("* * * * * *").unwrap();
+    let worker = env
+        .worker()
+        .queue("search")
+        .periodic(koyo_job::Periodic::new("reindex-shard-3", every_second, || rebuild_index(3, false)))
+        .start()
+        .await
+        .unwrap();
+    let base = serve_admin(&env.broker, Mount::Mount).await;
+    browser.goto(&base).unwrap();
+    let row = "#periodic tbody tr[data-periodic=\"reindex-shard-3\"]";
+    wait_for_text(&browser, &format!("{row} td:nth-child(2)"), "* * * * * *");
+    wait_for_text(&browser, &format!("{row} td:nth-child(3)"), "UTC");
+    browser
+        .wait_for(
+            &format!(
+                "document.querySelector({})?.href?.includes('#job/') ?? false",
+                js(&format!("{row} a.job-link"))
+            ),
+            UI,
+        )
+        .unwrap_or_else(|e| panic!("the last slot never linked to its job: {e}"));
+    worker.shutdown().await;
+    assert_no_page_errors(&browser);
+}
+
 fn screenshot_path() -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from);

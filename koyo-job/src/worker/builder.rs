@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
-use super::{Shared, WorkerHandle, check_schema, completer, listener, main_loop, pruner, register, served};
+use super::{
+    Shared, WorkerHandle, check_schema, completer, listener, main_loop, periodic, pruner, register, served,
+};
 use crate::broker::Broker;
 use crate::error::Error;
 use crate::middleware::Middleware;
 use crate::name;
+use crate::periodic::Periodic;
 use crate::registry::Registry;
 use crate::sql;
 
@@ -94,6 +97,7 @@ impl Worker {
                 prune_interval: Duration::from_secs(30),
                 listen: true,
                 prefetch: None,
+                periodic: Vec::new(),
             },
             middleware: Vec::new(),
         }
@@ -125,6 +129,8 @@ pub(super) struct Settings {
     pub(super) listen: bool,
     /// Jobs claimed ahead of free slots while draining a backlog; `None`: four times `pool_size`.
     pub(super) prefetch: Option<usize>,
+    /// Schedules added with [`WorkerBuilder::periodic`].
+    pub(super) periodic: Vec<Periodic>,
 }
 
 impl Settings {
@@ -250,6 +256,15 @@ impl WorkerBuilder {
         self
     }
 
+    /// Adds a periodic schedule ([`Periodic`]) that this worker enqueues. Schedules defined on
+    /// jobs (`#[define_job(cron = …)]`) need no call: a worker runs those of the jobs on its
+    /// queues. Several workers, on any hosts, may run the same schedule: each slot still gets
+    /// one job.
+    pub fn periodic(mut self, periodic: Periodic) -> Self {
+        self.settings.periodic.push(periodic);
+        self
+    }
+
     /// Wraps every job run. The first added is the outermost.
     pub fn middleware(mut self, middleware: impl Middleware) -> Self {
         self.middleware.push(Arc::new(middleware));
@@ -286,6 +301,7 @@ impl WorkerBuilder {
             )));
         }
         let registry = Registry::global()?;
+        let schedules = self.schedules(registry)?;
         check_schema(&self.broker).await?;
         let worker_id = register(&self.broker, &self.settings).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -318,8 +334,40 @@ impl WorkerBuilder {
             shared.settings.prune_interval,
         ));
         let completer = tokio::spawn(completer::complete(shared.clone(), done_rx));
-        let main = tokio::spawn(main_loop::main_loop(shared.clone(), stop_rx, listener, pruner, completer));
+        let periodic = tokio::spawn(periodic::run(shared.clone(), schedules));
+        let main = tokio::spawn(main_loop::main_loop(
+            shared.clone(),
+            stop_rx,
+            listener,
+            [pruner, periodic],
+            completer,
+        ));
         tracing::info!(worker_id, queues = ?shared.settings.queues, pool_size = shared.settings.pool_size, "koyo-job worker started");
         Ok(WorkerHandle { shared, stop: stop_tx, main: Some(main) })
+    }
+}
+
+impl WorkerBuilder {
+    /// The periodic schedules this worker runs: those added to it, and those defined on the
+    /// jobs of its queues. Names must differ.
+    fn schedules(&self, registry: &Registry) -> Result<Vec<Periodic>, Error> {
+        let mut schedules = self.settings.periodic.clone();
+        let mut defined: Vec<_> = registry
+            .jobs()
+            .filter(|job| self.settings.queues.iter().any(|q| q == job.queue))
+            .filter_map(Periodic::from_descriptor)
+            .collect::<Result<_, _>>()?;
+        defined.sort_by(|a, b| a.name().cmp(b.name()));
+        schedules.extend(defined);
+        for (i, periodic) in schedules.iter().enumerate() {
+            periodic.check()?;
+            if schedules[..i].iter().any(|p| p.name() == periodic.name()) {
+                return Err(Error::WorkerConfig(format!(
+                    "two periodic schedules are named {:?}; give each its own name",
+                    periodic.name()
+                )));
+            }
+        }
+        Ok(schedules)
     }
 }

@@ -26,7 +26,7 @@ pub(super) async fn main_loop(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     listener: Option<JoinHandle<()>>,
-    pruner: JoinHandle<()>,
+    services: [JoinHandle<()>; 2],
     completer: JoinHandle<()>,
 ) {
     let mut may_have_work = true;
@@ -153,7 +153,9 @@ pub(super) async fn main_loop(
     if let Some(listener) = listener {
         listener.abort();
     }
-    pruner.abort();
+    for service in services {
+        service.abort();
+    }
     let _ = shared.completions.send(ToCompleter::Flush);
     let abort_completer = completer.abort_handle();
     match tokio::time::timeout_at(flush_by + Duration::from_millis(500), completer).await {

@@ -11,6 +11,7 @@
 //! - [`tick`]: the periodic look around: heartbeat, rescue of lost workers' jobs, promotion of
 //!   due scheduled jobs;
 //! - [`pruner`]: deletes finished jobs past their retention;
+//! - [`periodic`]: enqueues the due slots of periodic schedules;
 //! - [`served`]: which queues this process's workers serve, to warn of jobs that none serves;
 //! - [`give_back`]: hands unstarted and unfinished jobs back at shutdown.
 
@@ -19,6 +20,7 @@ mod completer;
 mod give_back;
 mod listener;
 mod main_loop;
+mod periodic;
 mod pruner;
 mod run;
 mod served;

@@ -1,5 +1,6 @@
 //! `koyo-job-admin`: lets an operator see and steer koyo-job's queue from the command line —
-//! queue summary, job list and detail, retry, cancel, delete, prune, workers — without writing
+//! queue summary, job list and detail, retry, cancel, delete, prune, workers, periodic schedules —
+//! without writing
 //! SQL. Its queries and state rules are `koyo_job_migrate::admin`, which the admin web page
 //! (`koyo-job-web`) shares, so the two never disagree.
 //!
@@ -46,6 +47,8 @@ Commands:
                              7d), in batches of 1000
   workers                    live workers: host, pid, queues, pool size, heartbeat age and
                              the jobs they are running
+  periodic                   the periodic schedules live workers run: schedule, time zone,
+                             last slot and its job, next slot
 
 States: scheduled, ready, running, done, failed, cancelled.
 
@@ -80,6 +83,7 @@ enum Command {
     Apply(i64, Action),
     Prune { older_than_secs: u64, states: Vec<String> },
     Workers,
+    Periodic,
 }
 
 /// Why a run failed once the command line was accepted.
@@ -187,17 +191,17 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
     let mut positional = positional.into_iter();
     let Some(name) = positional.next() else {
         return Err(usage(
-            "no command given: one of queues, jobs, show, retry, cancel, delete, prune, workers",
+            "no command given: one of queues, jobs, show, retry, cancel, delete, prune, workers, periodic",
         ));
     };
     let allowed: &[&str] = match name.as_str() {
         "jobs" => &["--queue", "--state", "--limit", "--before"],
         "prune" => &["--older-than", "--state"],
-        "queues" | "show" | "retry" | "cancel" | "delete" | "workers" => &[],
+        "queues" | "show" | "retry" | "cancel" | "delete" | "workers" | "periodic" => &[],
         // Not echoed: it may be a URL given without --database-url.
         _ => {
             return Err(usage(
-                "unknown command: the commands are queues, jobs, show, retry, cancel, delete, prune, workers",
+                "unknown command: the commands are queues, jobs, show, retry, cancel, delete, prune, workers, periodic",
             ));
         }
     };
@@ -229,6 +233,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
     let command = match name.as_str() {
         "queues" => Command::Queues,
         "workers" => Command::Workers,
+        "periodic" => Command::Periodic,
         "show" => Command::Show(id.unwrap_or_default()),
         "retry" => Command::Apply(id.unwrap_or_default(), Action::Retry),
         "cancel" => Command::Apply(id.unwrap_or_default(), Action::Cancel),
@@ -323,6 +328,7 @@ async fn run_command(command: Command, url: &str, json: bool) -> Result<String, 
         Command::Apply(id, action) => apply(&client, json, id, action).await,
         Command::Prune { older_than_secs, states } => prune(&client, json, older_than_secs, &states).await,
         Command::Workers => workers(&client, json).await,
+        Command::Periodic => periodic(&client, json).await,
     }
 }
 
@@ -561,6 +567,56 @@ async fn workers(client: &Client, json: bool) -> Result<String, CliError> {
     Ok(out::table(
         &["ID", "HOST", "PID", "QUEUES", "POOL", "HEARTBEAT", "RUNNING"],
         &[true, false, true, false, true, true, true],
+        &table,
+    ))
+}
+
+async fn periodic(client: &Client, json: bool) -> Result<String, CliError> {
+    let schedules = admin::periodic(client).await?;
+    if json {
+        let items: Vec<String> = schedules
+            .iter()
+            .map(|p| {
+                out::object(&[
+                    ("name", out::string(&p.name)),
+                    ("job", out::string(&p.job)),
+                    ("queue", out::string(&p.queue)),
+                    ("schedule", out::string(&p.schedule)),
+                    ("time_zone", out::string(&p.time_zone)),
+                    ("missed", out::string(&p.missed)),
+                    ("last_slot", out::opt_string(p.last_slot.as_deref())),
+                    ("last_job_id", p.last_job_id.map_or_else(|| "null".to_owned(), |id| id.to_string())),
+                    ("next_slot", out::opt_string(p.next_slot.as_deref())),
+                    ("seen_age_seconds", out::opt_secs(Some(p.seen_age_secs))),
+                ])
+            })
+            .collect();
+        return Ok(format!("{}\n", out::object(&[("periodic", out::array(&items))])));
+    }
+    if schedules.is_empty() {
+        return Ok("no periodic schedules (none is run by a live worker)\n".to_owned());
+    }
+    let table: Vec<Vec<String>> = schedules
+        .iter()
+        .map(|p| {
+            let last = match (&p.last_slot, p.last_job_id) {
+                (Some(slot), Some(id)) => format!("{slot} (job {id})"),
+                (Some(slot), None) => slot.clone(),
+                (None, _) => "-".to_owned(),
+            };
+            vec![
+                out::cell(&p.name),
+                out::cell(&p.schedule),
+                out::cell(&p.time_zone),
+                out::cell(&p.queue),
+                last,
+                p.next_slot.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect();
+    Ok(out::table(
+        &["NAME", "SCHEDULE", "ZONE", "QUEUE", "LAST SLOT", "NEXT SLOT"],
+        &[false, false, false, false, false, false],
         &table,
     ))
 }
