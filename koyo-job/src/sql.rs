@@ -95,6 +95,25 @@ macro_rules! unique_key {
     };
 }
 
+/// The start of both unique inserts, up to their `ON CONFLICT` clause: the due time and key,
+/// and the row to insert. Uses the parameters of [`INSERT_UNIQUE`].
+macro_rules! unique_insert {
+    () => {
+        concat!(
+            "
+WITH input AS (
+    SELECT COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)) AS at, ",
+            unique_key!(),
+            " AS key
+), ins AS (
+    INSERT INTO koyo_jobs (queue, job, args, priority, max_attempts, scheduled_at, status, unique_key, unique_states)
+    SELECT $1::text, $2::text, $3::bytea, $4::int2, $5::int4, input.at,
+           CASE WHEN input.at > now() THEN 'scheduled' ELSE 'ready' END, input.key, $11::int2
+    FROM input"
+        )
+    };
+}
+
 /// What both unique inserts return: one row, always — the new (or replaced) job's id, or else
 /// the id and state of the job that holds the key (none if it committed after this
 /// statement's snapshot, or left the key meanwhile: the caller then asks again), and the key.
@@ -122,16 +141,8 @@ LEFT JOIN LATERAL (
 /// in seconds (nullable), states holding the key (bits).
 pub const INSERT_UNIQUE: Statement = Statement {
     sql: concat!(
+        unique_insert!(),
         "
-WITH input AS (
-    SELECT COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)) AS at, ",
-        unique_key!(),
-        " AS key
-), ins AS (
-    INSERT INTO koyo_jobs (queue, job, args, priority, max_attempts, scheduled_at, status, unique_key, unique_states)
-    SELECT $1::text, $2::text, $3::bytea, $4::int2, $5::int4, input.at,
-           CASE WHEN input.at > now() THEN 'scheduled' ELSE 'ready' END, input.key, $11::int2
-    FROM input
     ON CONFLICT DO NOTHING
     RETURNING id, status, true AS created",
         unique_answer!(),
@@ -149,16 +160,8 @@ WITH input AS (
 /// Params: as [`INSERT_UNIQUE`].
 pub const INSERT_UNIQUE_REPLACE: Statement = Statement {
     sql: concat!(
+        unique_insert!(),
         "
-WITH input AS (
-    SELECT COALESCE($6::timestamptz, now() + make_interval(secs => $7::float8)) AS at, ",
-        unique_key!(),
-        " AS key
-), ins AS (
-    INSERT INTO koyo_jobs (queue, job, args, priority, max_attempts, scheduled_at, status, unique_key, unique_states)
-    SELECT $1::text, $2::text, $3::bytea, $4::int2, $5::int4, input.at,
-           CASE WHEN input.at > now() THEN 'scheduled' ELSE 'ready' END, input.key, $11::int2
-    FROM input
     ON CONFLICT (unique_key) WHERE ",
         holds_unique_key!(""),
         "
