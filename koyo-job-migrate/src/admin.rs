@@ -130,6 +130,10 @@ pub struct QueueCounts {
     pub cancelled: i64,
     /// Seconds since the oldest ready job fell due; `None` when no job is ready.
     pub lag_secs: Option<f64>,
+    /// When an operator paused the queue (RFC 3339, UTC); `None` while it runs.
+    pub paused_at: Option<String>,
+    /// Who paused it, as they said.
+    pub paused_by: Option<String>,
 }
 
 impl QueueCounts {
@@ -140,23 +144,40 @@ impl QueueCounts {
     }
 }
 
+/// Renders a timestamp column as RFC 3339 in UTC with milliseconds.
+macro_rules! utc {
+    ($column:literal) => {
+        concat!("to_char(", $column, " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+    };
+}
+
 /// Per queue: jobs in each state and the lag. Reads the whole table once: an operator's query,
 /// not a hot path.
-const QUEUES: &str = "
-SELECT queue,
-       count(*) FILTER (WHERE status = 'scheduled'),
-       count(*) FILTER (WHERE status = 'ready'),
-       count(*) FILTER (WHERE status = 'running'),
-       count(*) FILTER (WHERE status = 'done'),
-       count(*) FILTER (WHERE status = 'failed'),
-       count(*) FILTER (WHERE status = 'cancelled'),
-       -- GREATEST ignores NULLs, so the CASE keeps the lag of a queue with no ready job NULL rather than 0.
-       CASE WHEN count(*) FILTER (WHERE status = 'ready') > 0
-            THEN GREATEST(0, EXTRACT(EPOCH FROM now() - min(scheduled_at) FILTER (WHERE status = 'ready')))
-       END::float8
-FROM koyo_jobs
-GROUP BY queue
-ORDER BY queue";
+/// Paused queues are listed even without jobs.
+const QUEUES: &str = concat!(
+    "
+WITH counts AS (
+    SELECT queue,
+           count(*) FILTER (WHERE status = 'scheduled') AS scheduled,
+           count(*) FILTER (WHERE status = 'ready') AS ready,
+           count(*) FILTER (WHERE status = 'running') AS running,
+           count(*) FILTER (WHERE status = 'done') AS done,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+           -- GREATEST ignores NULLs, so the CASE keeps the lag of a queue with no ready job NULL rather than 0.
+           CASE WHEN count(*) FILTER (WHERE status = 'ready') > 0
+                THEN GREATEST(0, EXTRACT(EPOCH FROM now() - min(scheduled_at) FILTER (WHERE status = 'ready')))
+           END::float8 AS lag
+    FROM koyo_jobs
+    GROUP BY queue
+)
+SELECT queue, COALESCE(c.scheduled, 0), COALESCE(c.ready, 0), COALESCE(c.running, 0), COALESCE(c.done, 0),
+       COALESCE(c.failed, 0), COALESCE(c.cancelled, 0), c.lag, ",
+    utc!("p.paused_at"),
+    ", p.paused_by
+FROM counts AS c FULL JOIN (SELECT * FROM koyo_queues WHERE paused_at IS NOT NULL) AS p USING (queue)
+ORDER BY queue"
+);
 
 /// Every queue that has jobs, by name.
 pub async fn queues(client: &Client) -> Result<Vec<QueueCounts>, AdminError> {
@@ -172,9 +193,61 @@ pub async fn queues(client: &Client) -> Result<Vec<QueueCounts>, AdminError> {
             failed: row.get(5),
             cancelled: row.get(6),
             lag_secs: row.get(7),
+            paused_at: row.get(8),
+            paused_by: row.get(9),
         })
         .collect())
 }
+
+/// Pauses a queue (or changes who it says paused it): every worker stops claiming its jobs as
+/// soon as this commits, running jobs finish, enqueueing goes on. Stored, so it outlasts
+/// restarts. `by` says who, for the others (at most 200 bytes, no NUL). Returns when it was
+/// paused (RFC 3339, UTC): the first pause's time if it already was.
+pub async fn pause(client: &Client, queue: &str, by: &str) -> Result<String, AdminError> {
+    check_queue_and_by(queue, by)?;
+    let row = client.query_typed(PAUSE, &[(&queue, Type::TEXT), (&by, Type::TEXT)]).await?;
+    Ok(row.first().map(|r| r.get(0)).unwrap_or_default())
+}
+
+/// Resumes a paused queue and wakes the workers that serve it. Returns whether it was paused.
+pub async fn resume(client: &Client, queue: &str) -> Result<bool, AdminError> {
+    check_queue_and_by(queue, "")?;
+    let rows = client.query_typed(RESUME, &[(&queue, Type::TEXT)]).await?;
+    Ok(!rows.is_empty())
+}
+
+fn check_queue_and_by(queue: &str, by: &str) -> Result<(), AdminError> {
+    if !is_queue_name(queue) {
+        return Err(AdminError::Refused(format!(
+            "`{}` is not a queue name: 1 to 64 of ASCII letters, digits, `_`, `.`, `:` and `-`",
+            queue.escape_debug()
+        )));
+    }
+    if by.len() > 200 || by.contains('\0') {
+        return Err(AdminError::Refused(
+            "who paused the queue is said in at most 200 bytes, without NUL".into(),
+        ));
+    }
+    Ok(())
+}
+
+const PAUSE: &str = concat!(
+    "
+INSERT INTO koyo_queues AS k (queue, paused_at, paused_by) VALUES ($1::text, now(), NULLIF($2::text, ''))
+ON CONFLICT (queue) DO UPDATE
+SET paused_at = COALESCE(k.paused_at, now()), paused_by = EXCLUDED.paused_by, updated_at = now()
+RETURNING ",
+    utc!("paused_at")
+);
+
+/// Clears the pause and wakes the queue's workers (its ready jobs were waiting) in one statement.
+const RESUME: &str = "
+WITH upd AS (
+    UPDATE koyo_queues SET paused_at = NULL, paused_by = NULL, updated_at = now()
+    WHERE queue = $1::text AND paused_at IS NOT NULL
+    RETURNING queue
+)
+SELECT queue, pg_notify('koyo_jobs', queue)::text FROM upd";
 
 // ---------------------------------------------------------------------------------------------
 // Jobs
@@ -232,13 +305,6 @@ pub struct JobPage {
     pub jobs: Vec<JobSummary>,
     /// The [`JobFilter::before`] of the next, older page; `None` when this page is the last.
     pub next_before: Option<i64>,
-}
-
-/// Renders a timestamp column as RFC 3339 in UTC with milliseconds.
-macro_rules! utc {
-    ($column:literal) => {
-        concat!("to_char(", $column, " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
-    };
 }
 
 /// Whether the job `j` runs on a live worker: its row exists and its heartbeat is within its lease.

@@ -638,6 +638,28 @@ async fn periodic_lists_the_schedules_live_workers_run_the_next_first() {
 }
 
 #[tokio::test]
+async fn pause_and_resume_a_queue_shown_in_queues() {
+    let f = Fixture::new().await;
+    f.job("mail", "ready", 0, 20, 0.0, None, None, None).await;
+    let paused = ok(&f.run(&["pause", "mail"]));
+    assert!(paused.starts_with("paused mail (since "), "{paused}");
+    let table = ok(&f.run(&["queues"]));
+    assert!(table.contains("mail (paused)"), "{table}");
+    let doc = json(&f.run(&["queues", "--json"]));
+    let mail = &doc.get("queues").items()[0];
+    assert!(mail.get("paused_at").str().ends_with('Z'));
+    assert!(mail.get("paused_by").str().contains("koyo-job-admin"));
+    // A queue without jobs can be paused too, and is listed.
+    ok(&f.run(&["pause", "reports"]));
+    assert_eq!(json(&f.run(&["queues", "--json"])).get("queues").items().len(), 2);
+    assert_eq!(ok(&f.run(&["resume", "mail"])), "resumed mail\n");
+    assert_eq!(ok(&f.run(&["resume", "mail"])), "mail was not paused\n");
+    assert!(!ok(&f.run(&["queues"])).contains("mail (paused)"));
+    fails(&f.run(&["pause", "no spaces"]), 2, "invalid queue name");
+    fails(&f.run(&["pause"]), 2, "`pause` needs a queue name");
+}
+
+#[tokio::test]
 async fn the_url_may_come_from_database_url() {
     let f = Fixture::new().await;
     let output = run(&["queues", "--json"], Some(&f.db.url()));

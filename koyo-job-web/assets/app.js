@@ -255,11 +255,36 @@
       const cls = n === 0 ? 'num zero' : `num count-${s}`;
       return el('td', { 'data-state': s, class: cls, title: `${q.queue}: ${n} ${s} — click to list them` }, n);
     });
-    return el('tr', { 'data-queue': q.queue },
-      el('th', { scope: 'row', class: 'col-name', title: `list the jobs of ${q.queue}` }, q.queue),
+    const paused = q.paused_at !== null && q.paused_at !== undefined;
+    const pausedTag = paused
+      ? el('span', { class: 'tag paused-tag', title: `paused ${q.paused_at}${q.paused_by ? ` by ${q.paused_by}` : ''}: workers claim none of its jobs` }, 'paused')
+      : null;
+    const toggle = cfg.readOnly ? null : el('button', {
+      type: 'button', class: 'btn btn-small', 'data-toggle-queue': paused ? 'resume' : 'pause',
+      title: paused ? `let workers claim ${q.queue}'s jobs again` : `stop every worker claiming ${q.queue}'s jobs`,
+    }, paused ? 'Resume' : 'Pause');
+    return el('tr', { 'data-queue': q.queue, 'data-paused': paused ? 'true' : 'false', class: paused ? 'paused' : null },
+      el('th', { scope: 'row', class: 'col-name', title: `list the jobs of ${q.queue}` }, q.queue, pausedTag ? ' ' : null, pausedTag),
       ...cells,
       el('td', { 'data-lag': true, class: q.lag_secs === null || q.lag_secs === undefined ? 'num zero' : 'num' },
-        fmtDuration(q.lag_secs)));
+        fmtDuration(q.lag_secs)),
+      el('td', { class: 'col-action' }, toggle));
+  }
+
+  /** Pauses or resumes a queue from its row's button, after the operator confirms a pause. */
+  async function toggleQueue(queue, kind) {
+    if (state.busy) return;
+    if (kind === 'pause' && !window.confirm(`Pause ${queue}? No worker will start its jobs until it is resumed; running jobs finish.`)) return;
+    state.busy = true;
+    try {
+      await api(`queues/${encodeURIComponent(queue)}/${kind}`, 'POST');
+      showMessage(kind === 'pause' ? `queue ${queue} paused` : `queue ${queue} resumed`);
+    } catch (e) {
+      showMessage(`${kind} ${queue} failed: ${e.message}`, true);
+    } finally {
+      state.busy = false;
+      refreshNow();
+    }
   }
 
   /** Keeps the queue <select> in step with the known queues, without touching the chosen value. */
@@ -275,6 +300,11 @@
   function onQueuesClick(ev) {
     const row = ev.target.closest('tr[data-queue]');
     if (!row) return;
+    const toggle = ev.target.closest('button[data-toggle-queue]');
+    if (toggle) {
+      toggleQueue(row.getAttribute('data-queue'), toggle.getAttribute('data-toggle-queue'));
+      return;
+    }
     const cell = ev.target.closest('td[data-state]');
     setFilters(row.getAttribute('data-queue'), cell ? [cell.getAttribute('data-state')] : []);
     $('jobs-section').scrollIntoView({ behavior: 'smooth', block: 'start' });

@@ -391,13 +391,58 @@ pub(crate) async fn delete(
     Ok(Json(DeletedBody { deleted: id }))
 }
 
-/// The checks every change passes first: read-only mode, CSRF, then the id.
+/// The checks every change of a job passes first: read-only mode, CSRF, then the id.
 fn permitted(state: &State, headers: &HeaderMap, raw_id: &str) -> Result<i64, ApiError> {
+    changes_permitted(state, headers)?;
+    job_id(raw_id)
+}
+
+/// The checks every change passes first: read-only mode, then CSRF.
+fn changes_permitted(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
     if state.read_only {
         return Err(ApiError::forbidden("this admin page is read-only"));
     }
-    csrf::check(headers, &state.csrf)?;
-    job_id(raw_id)
+    csrf::check(headers, &state.csrf)
+}
+
+/// The `{queue}` of a queue route, checked against the naming rule.
+fn queue_name(raw: &str) -> Result<String, ApiError> {
+    if admin::is_queue_name(raw) {
+        Ok(raw.to_owned())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "`{}` is not a queue name: 1 to 64 of ASCII letters, digits, `_`, `.`, `:` and `-`",
+            shorten(raw, 80).escape_debug()
+        )))
+    }
+}
+
+/// Pauses a queue: no worker claims its jobs until it is resumed.
+pub(crate) async fn pause(
+    Extract(state): Shared,
+    headers: HeaderMap,
+    RawId(raw): RawId,
+) -> ApiResult<serde_json::Value> {
+    changes_permitted(&state, &headers)?;
+    let queue = queue_name(&raw)?;
+    let since = with_client(&state, async |c| admin::pause(c, &queue, "the admin page").await).await?;
+    tracing::info!(queue = %queue, "koyo-job admin: queue paused");
+    state.queues.forget().await;
+    Ok(Json(json!({ "queue": queue, "paused_at": since })))
+}
+
+/// Resumes a paused queue.
+pub(crate) async fn resume(
+    Extract(state): Shared,
+    headers: HeaderMap,
+    RawId(raw): RawId,
+) -> ApiResult<serde_json::Value> {
+    changes_permitted(&state, &headers)?;
+    let queue = queue_name(&raw)?;
+    let was_paused = with_client(&state, async |c| admin::resume(c, &queue).await).await?;
+    tracing::info!(queue = %queue, "koyo-job admin: queue resumed");
+    state.queues.forget().await;
+    Ok(Json(json!({ "queue": queue, "was_paused": was_paused })))
 }
 
 fn past_tense(action: Action) -> &'static str {

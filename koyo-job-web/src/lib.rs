@@ -161,6 +161,8 @@ impl Admin {
             .route("/api/jobs/{id}", get(api::job).delete(api::delete))
             .route("/api/jobs/{id}/retry", post(api::retry))
             .route("/api/jobs/{id}/cancel", post(api::cancel))
+            .route("/api/queues/{queue}/pause", post(api::pause))
+            .route("/api/queues/{queue}/resume", post(api::resume))
             .route("/api/workers", get(api::workers))
             .route("/api/periodic", get(api::periodic))
             .route("/api/activity", get(api::activity))

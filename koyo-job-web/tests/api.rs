@@ -428,6 +428,42 @@ async fn periodic_lists_the_schedules_of_live_workers_with_their_next_slot() {
 }
 
 #[tokio::test]
+async fn queues_pause_and_resume_with_the_token_and_show_it() {
+    let f = Fixture::new().await;
+    f.enqueue(1).await;
+    // Without the token: refused, nothing paused.
+    let (status, _, _) = f.call(Method::POST, "/admin/jobs/api/queues/mail/pause", &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, body) = f.get("/admin/jobs/api/queues").await;
+    assert!(body["queues"][0]["paused_at"].is_null(), "{body}");
+
+    let (status, body) = f.post(Method::POST, "/admin/jobs/api/queues/mail/pause").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["queue"], "mail");
+    let (_, body) = f.get("/admin/jobs/api/queues").await;
+    let mail = &body["queues"][0];
+    assert!(mail["paused_at"].as_str().unwrap().ends_with('Z'), "{body}");
+    assert_eq!(mail["paused_by"], "the admin page");
+    assert_eq!(mail["ready"], 1);
+
+    let (status, body) = f.post(Method::POST, "/admin/jobs/api/queues/no%20spaces/pause").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(error_of(&body).contains("not a queue name"));
+    let (status, _) = f.get("/admin/jobs/api/queues/mail/pause").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    let (status, body) = f.post(Method::POST, "/admin/jobs/api/queues/mail/resume").await;
+    assert_eq!((status, &body["was_paused"]), (StatusCode::OK, &serde_json::json!(true)));
+    let (_, body) = f.get("/admin/jobs/api/queues").await;
+    assert!(body["queues"][0]["paused_at"].is_null(), "{body}");
+
+    let read_only = Fixture::with(|admin| admin.read_only(true)).await;
+    let (status, body) = read_only.post(Method::POST, "/admin/jobs/api/queues/mail/pause").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(error_of(&body).contains("read-only"));
+}
+
+#[tokio::test]
 async fn activity_counts_finished_jobs_per_minute_and_the_backlog() {
     let f = Fixture::new().await;
     // The rows are placed by the minute of the database's clock: stay clear of a minute's end, so

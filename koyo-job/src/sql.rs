@@ -261,8 +261,8 @@ VALUES ($1, $2, $3, $4, $5) RETURNING id",
 pub const DEREGISTER_WORKER: Statement =
     Statement { sql: "DELETE FROM koyo_workers WHERE id = $1", types: &[Type::INT8] };
 
-/// Claims up to `$2` ready jobs of the given queues for worker `$3`: a locking read per queue
-/// (each an ordered scan of the `koyo_jobs_ready` index that stops at the limit), merged in
+/// Claims up to `$2` ready jobs of the given queues for worker `$3`, skipping paused queues: a
+/// locking read per queue (each an ordered scan of the `koyo_jobs_ready` index that stops at the limit), merged in
 /// (priority, scheduled_at, id) order. The attempt is counted here, at claim time, so a job that
 /// kills its worker every time still runs out of attempts.
 ///
@@ -271,7 +271,9 @@ pub const CLAIM: Statement = Statement {
     sql: "
 WITH picked AS MATERIALIZED (
     SELECT c.id
-    FROM unnest($1::text[]) AS q(name),
+    -- Paused queues are left out before any of their rows is locked.
+    FROM (SELECT name FROM unnest($1::text[]) AS u(name)
+          WHERE NOT EXISTS (SELECT 1 FROM koyo_queues AS p WHERE p.queue = u.name AND p.paused_at IS NOT NULL)) AS q,
          LATERAL (
              SELECT id, priority, scheduled_at
              FROM koyo_jobs
@@ -461,7 +463,8 @@ SELECT
         FROM (SELECT queue FROM rescued WHERE status = 'ready' UNION SELECT queue FROM promoted
               UNION SELECT queue FROM orphaned) AS u(q)
     ) AS n) AS notified,
-    EXISTS (SELECT 1 FROM koyo_jobs WHERE status = 'ready' AND queue = ANY($2::text[])) AS ready,
+    EXISTS (SELECT 1 FROM koyo_jobs WHERE status = 'ready' AND queue = ANY($2::text[])
+            AND NOT EXISTS (SELECT 1 FROM koyo_queues AS p WHERE p.queue = koyo_jobs.queue AND p.paused_at IS NOT NULL)) AS ready,
     -- Per queue, so each is a one-entry index probe rather than a scan of all future jobs.
     (SELECT EXTRACT(EPOCH FROM min(n.at) - now())::float8
      FROM unnest($2::text[]) AS q(name),

@@ -296,6 +296,51 @@ async fn opens_a_job_from_its_url_and_refuses_posts_without_the_csrf_token() {
 }
 
 /// Where the screenshot goes: `$CARGO_TARGET_DIR`, else the workspace's `target/`.
+/// A queue paused from its row (after the confirmation) shows as paused, no worker claims its
+/// jobs, and resuming it from the same row lets them run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_a_queue_from_the_page() {
+    let Some(browser) = browser_or_skip("pause_and_resume_a_queue_from_the_page") else { return };
+    let env = env().await;
+    let worker = env.worker().queues(["search", "mail"]).start().await.unwrap();
+    let first = rebuild_index(1, false).enqueue_on(&env.broker).await.unwrap();
+    env.wait_for_status(first, "done", RUN).await;
+    let base = serve_admin(&env.broker, Mount::Mount).await;
+    browser.goto(&base).unwrap();
+    let search = "#queues tbody tr[data-queue=\"search\"]";
+    wait_for_text(&browser, &format!("{search} button[data-toggle-queue]"), "Pause");
+    // The page asks before pausing; this test answers yes.
+    browser.eval("window.confirm = () => true").unwrap();
+    browser.click(&format!("{search} button[data-toggle-queue]")).unwrap();
+    browser
+        .wait_for(
+            &format!("document.querySelector({})?.getAttribute('data-paused') === 'true'", js(search)),
+            UI,
+        )
+        .unwrap_or_else(|e| panic!("the row never showed the queue paused: {e}"));
+    wait_for_text(&browser, &format!("{search} .paused-tag"), "paused");
+    wait_for_text(&browser, &format!("{search} button[data-toggle-queue]"), "Resume");
+    let paused: Option<String> = env
+        .query("SELECT paused_by FROM koyo_queues WHERE queue = 'search' AND paused_at IS NOT NULL", &[])
+        .await
+        .first()
+        .map(|row| row.get(0));
+    assert_eq!(paused.as_deref(), Some("the admin page"));
+
+    // Paused: a new job waits while the worker goes on with another queue.
+    let held = rebuild_index(2, false).enqueue_on(&env.broker).await.unwrap();
+    let done = send_welcome(1, "a@example.com".into()).enqueue_on(&env.broker).await.unwrap();
+    env.wait_for_status(done, "done", RUN).await;
+    wait_for_queue_counts(&browser, "search", &[("ready", 1), ("done", 1)]);
+    assert_eq!(env.job(held).await.status, "ready");
+
+    browser.click(&format!("{search} button[data-toggle-queue]")).unwrap();
+    env.wait_for_status(held, "done", RUN).await;
+    wait_for_text(&browser, &format!("{search} button[data-toggle-queue]"), "Pause");
+    worker.shutdown().await;
+    assert_no_page_errors(&browser);
+}
+
 /// The periodic schedules a live worker runs are listed, with their last slot linking to its
 /// job and their next slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

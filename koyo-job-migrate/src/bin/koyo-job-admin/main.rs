@@ -49,6 +49,9 @@ Commands:
                              the jobs they are running
   periodic                   the periodic schedules live workers run: schedule, time zone,
                              last slot and its job, next slot
+  pause QUEUE                stop every worker claiming the queue's jobs (running jobs finish,
+                             enqueueing goes on); stored until resumed
+  resume QUEUE               let workers claim the queue's jobs again, at once
 
 States: scheduled, ready, running, done, failed, cancelled.
 
@@ -84,6 +87,8 @@ enum Command {
     Prune { older_than_secs: u64, states: Vec<String> },
     Workers,
     Periodic,
+    Pause(String),
+    Resume(String),
 }
 
 /// Why a run failed once the command line was accepted.
@@ -191,17 +196,19 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
     let mut positional = positional.into_iter();
     let Some(name) = positional.next() else {
         return Err(usage(
-            "no command given: one of queues, jobs, show, retry, cancel, delete, prune, workers, periodic",
+            "no command given: one of queues, jobs, show, retry, cancel, delete, prune, workers, periodic, pause, resume",
         ));
     };
     let allowed: &[&str] = match name.as_str() {
         "jobs" => &["--queue", "--state", "--limit", "--before"],
         "prune" => &["--older-than", "--state"],
-        "queues" | "show" | "retry" | "cancel" | "delete" | "workers" | "periodic" => &[],
+        "queues" | "show" | "retry" | "cancel" | "delete" | "workers" | "periodic" | "pause" | "resume" => {
+            &[]
+        }
         // Not echoed: it may be a URL given without --database-url.
         _ => {
             return Err(usage(
-                "unknown command: the commands are queues, jobs, show, retry, cancel, delete, prune, workers, periodic",
+                "unknown command: the commands are queues, jobs, show, retry, cancel, delete, prune, workers, periodic, pause, resume",
             ));
         }
     };
@@ -224,6 +231,13 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
     } else {
         None
     };
+    let takes_queue = matches!(name.as_str(), "pause" | "resume");
+    let named_queue = if takes_queue {
+        let raw = positional.next().ok_or_else(|| usage(format!("`{name}` needs a queue name")))?;
+        Some(parse_queue(&raw)?)
+    } else {
+        None
+    };
     if positional.next().is_some() {
         return Err(usage(format!(
             "unexpected argument after `{name}` (a database URL goes after --database-url)"
@@ -234,6 +248,8 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
         "queues" => Command::Queues,
         "workers" => Command::Workers,
         "periodic" => Command::Periodic,
+        "pause" => Command::Pause(named_queue.unwrap_or_default()),
+        "resume" => Command::Resume(named_queue.unwrap_or_default()),
         "show" => Command::Show(id.unwrap_or_default()),
         "retry" => Command::Apply(id.unwrap_or_default(), Action::Retry),
         "cancel" => Command::Apply(id.unwrap_or_default(), Action::Cancel),
@@ -329,6 +345,8 @@ async fn run_command(command: Command, url: &str, json: bool) -> Result<String, 
         Command::Prune { older_than_secs, states } => prune(&client, json, older_than_secs, &states).await,
         Command::Workers => workers(&client, json).await,
         Command::Periodic => periodic(&client, json).await,
+        Command::Pause(queue) => pause(&client, json, &queue).await,
+        Command::Resume(queue) => resume(&client, json, &queue).await,
     }
 }
 
@@ -344,6 +362,8 @@ async fn queues(client: &Client, json: bool) -> Result<String, CliError> {
                     ("queue", out::string(&q.queue)),
                     ("counts", out::object(&counts)),
                     ("lag_seconds", out::opt_secs(q.lag_secs)),
+                    ("paused_at", out::opt_string(q.paused_at.as_deref())),
+                    ("paused_by", out::opt_string(q.paused_by.as_deref())),
                 ])
             })
             .collect();
@@ -355,7 +375,8 @@ async fn queues(client: &Client, json: bool) -> Result<String, CliError> {
     let table: Vec<Vec<String>> = queues
         .iter()
         .map(|q| {
-            let mut cells = vec![out::cell(&q.queue)];
+            let name = if q.paused_at.is_some() { format!("{} (paused)", q.queue) } else { q.queue.clone() };
+            let mut cells = vec![out::cell(&name)];
             cells.extend(q.by_state().iter().map(|(_, n)| n.to_string()));
             cells.push(q.lag_secs.map_or_else(|| "-".to_owned(), out::age));
             cells
@@ -366,6 +387,37 @@ async fn queues(client: &Client, json: bool) -> Result<String, CliError> {
         &[false, true, true, true, true, true, true, true],
         &table,
     ))
+}
+
+async fn pause(client: &Client, json: bool, queue: &str) -> Result<String, CliError> {
+    let who = std::env::var("USER")
+        .map_or_else(|_| "koyo-job-admin".to_owned(), |user| format!("{user} (koyo-job-admin)"));
+    let since = admin::pause(client, queue, &who).await?;
+    if json {
+        return Ok(format!(
+            "{}\n",
+            out::object(&[("queue", out::string(queue)), ("paused_at", out::string(&since))])
+        ));
+    }
+    Ok(format!(
+        "paused {} (since {since}): workers claim none of its jobs until `resume`\n",
+        out::cell(queue)
+    ))
+}
+
+async fn resume(client: &Client, json: bool, queue: &str) -> Result<String, CliError> {
+    let was_paused = admin::resume(client, queue).await?;
+    if json {
+        return Ok(format!(
+            "{}\n",
+            out::object(&[("queue", out::string(queue)), ("was_paused", was_paused.to_string())])
+        ));
+    }
+    Ok(if was_paused {
+        format!("resumed {}\n", out::cell(queue))
+    } else {
+        format!("{} was not paused\n", out::cell(queue))
+    })
 }
 
 async fn jobs(client: &Client, json: bool, filter: &JobFilter) -> Result<String, CliError> {
