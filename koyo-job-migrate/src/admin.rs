@@ -480,9 +480,11 @@ impl Action {
         }
     }
 
-    /// Whether the state rules allow this action on a job in `status`.
+    /// Whether the state rules allow this action on a job in `status`. A job running on a live
+    /// worker can only be cancelled: the cancel then asks that worker to stop it.
     pub fn allows(self, status: &str, on_live_worker: bool) -> bool {
-        self.states().contains(&status) || (status == "running" && !on_live_worker)
+        self.states().contains(&status)
+            || (status == "running" && (!on_live_worker || self == Action::Cancel))
     }
 
     fn statement(self) -> &'static str {
@@ -518,6 +520,8 @@ WITH upd AS (
     SET status = 'ready',
         scheduled_at = now(),
         finished_at = NULL,
+        cancel_requested_at = NULL,
+        cancel_requested_by = NULL,
         max_attempts = CASE WHEN j.status <> 'scheduled' AND j.attempts >= j.max_attempts
                             THEN j.attempts + 1 ELSE j.max_attempts END
     WHERE ",
@@ -568,6 +572,20 @@ pub struct Applied {
 
 /// Applies `action` to job `id` in one statement, if the state rules allow it.
 pub async fn apply(client: &Client, id: i64, action: Action) -> Result<Applied, AdminError> {
+    apply_as(client, id, action, "an operator").await
+}
+
+/// Like [`apply`], saying who acts: a cancel of a running job stores it, and the job's error
+/// then says `cancelled while running, by <by>` (at most 200 bytes, no NUL).
+///
+/// Cancelling a job that runs on a live worker does not change its state: it asks the worker
+/// (a notification, and its next tick) to stop the body, about a second after which the
+/// worker writes it `cancelled` — unless the body still succeeds, or had already ended. The
+/// answer then still says `running`.
+pub async fn apply_as(client: &Client, id: i64, action: Action, by: &str) -> Result<Applied, AdminError> {
+    if by.len() > 200 || by.contains('\0') {
+        return Err(AdminError::Refused("who acts is said in at most 200 bytes, without NUL".into()));
+    }
     let states: Vec<&str> = action.states().to_vec();
     let params: [(&(dyn ToSql + Sync), Type); 2] = [(&id, Type::INT8), (&states, Type::TEXT_ARRAY)];
     let rows = match client.query_typed(action.statement(), &params).await {
@@ -576,6 +594,12 @@ pub async fn apply(client: &Client, id: i64, action: Action) -> Result<Applied, 
             return Err(key_held_by_another(client, id, action).await);
         }
         Err(error) => return Err(error.into()),
+    };
+    let rows = match (rows.is_empty(), action) {
+        (true, Action::Cancel) => {
+            client.query_typed(CANCEL_RUNNING, &[(&id, Type::INT8), (&by, Type::TEXT)]).await?
+        }
+        _ => rows,
     };
     match rows.first() {
         Some(row) => Ok(Applied {
@@ -588,6 +612,20 @@ pub async fn apply(client: &Client, id: i64, action: Action) -> Result<Applied, 
         None => Err(why_not(client, id, action).await),
     }
 }
+
+/// Asks the live worker running job `$1` to stop it: records who asked (`$2`) and notifies the
+/// worker (`koyo_jobs_cancel`, payload `<worker id> <job id>`). Its next tick finds the request
+/// too, should the notification be lost.
+const CANCEL_RUNNING: &str = "
+WITH upd AS (
+    UPDATE koyo_jobs AS j
+    SET cancel_requested_at = COALESCE(j.cancel_requested_at, now()), cancel_requested_by = $2::text
+    WHERE j.id = $1::int8 AND j.status = 'running'
+    RETURNING j.id, j.queue, j.status, j.attempts, j.max_attempts, j.worker_id
+)
+SELECT id, queue, status, attempts, max_attempts,
+       pg_notify('koyo_jobs_cancel', format('%s %s', worker_id, id))::text
+FROM upd";
 
 /// Another job that holds the same unique key as job `$1` (see the runtime's unique jobs).
 const KEY_HOLDER: &str = "
@@ -624,7 +662,9 @@ async fn why_not(client: &Client, id: i64, action: Action) -> AdminError {
     let on_live_worker: bool = row.get(1);
     let verb = action.verb();
     let reason = match (action, status.as_str()) {
-        (_, "running") if on_live_worker => "a live worker is running it; wait until the attempt ends",
+        (_, "running") if on_live_worker => {
+            "a live worker is running it; wait until the attempt ends, or cancel it"
+        }
         (Action::Retry, "ready") => "it is already ready and runs as soon as a worker is free",
         (Action::Retry, "done") => "it succeeded; enqueue a new job to run it again",
         (Action::Cancel, "done") => "it has already succeeded",

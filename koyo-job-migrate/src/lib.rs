@@ -98,6 +98,11 @@ pub static MIGRATIONS: &[Migration] = &[
     Migration { version: 5, name: "unique_jobs", sql: include_str!("../migrations/005_unique_jobs.up.sql") },
     Migration { version: 6, name: "periodic", sql: include_str!("../migrations/006_periodic.up.sql") },
     Migration { version: 7, name: "queues", sql: include_str!("../migrations/007_queues.up.sql") },
+    Migration {
+        version: 8,
+        name: "cancel_running",
+        sql: include_str!("../migrations/008_cancel_running.up.sql"),
+    },
 ];
 
 /// The key of the transaction-level advisory lock that serialises migrations ("koyo_job" in

@@ -521,7 +521,16 @@ async fn cancel_finishes_waiting_and_failed_jobs_and_refuses_the_rest() {
         .get(0);
     assert!(recent, "finished_at is the time of the cancel");
 
-    fails(&f.run(&["cancel", &running.to_string()]), 3, "a live worker is running it");
+    // A live worker's job: the cancel asks that worker to stop it; the row stays running.
+    let asked = ok(&f.run(&["cancel", &running.to_string()]));
+    assert!(asked.contains("its worker was asked to stop it"), "{asked}");
+    let by: Option<String> = f
+        .client
+        .query_one("SELECT cancel_requested_by FROM koyo_jobs WHERE id = $1", &[&running])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(by.is_some_and(|by| by.contains("koyo-job-admin")));
     fails(&f.run(&["cancel", &done.to_string()]), 3, "already succeeded");
     fails(&f.run(&["cancel", &ready.to_string()]), 3, "already cancelled");
     fails(&f.run(&["cancel", "424242", "--json"]), 4, "no job with id 424242");

@@ -40,15 +40,15 @@ async fn up_applies_the_schema_and_status_then_reports_it() {
 
     let up = run(&["up", "--database-url", &url], None);
     assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
-    assert_eq!(stdout(&up), "applied 7 migration(s); schema is at version 7\n");
+    assert_eq!(stdout(&up), "applied 8 migration(s); schema is at version 8\n");
 
     let again = run(&[], Some(&url));
     assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
-    assert_eq!(stdout(&again), "already at version 7\n");
+    assert_eq!(stdout(&again), "already at version 8\n");
 
     let status = run(&["status", "--database-url", &url], None);
     assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
-    assert!(stdout(&status).contains("current version: 7\n"), "{}", stdout(&status));
+    assert!(stdout(&status).contains("current version: 8\n"), "{}", stdout(&status));
     assert!(stdout(&status).contains("pending:         none\n"), "{}", stdout(&status));
 }
 
@@ -58,7 +58,7 @@ async fn status_of_a_fresh_database_lists_what_is_pending() {
     let status = run(&["status"], Some(&db.url()));
     assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
     assert!(stdout(&status).starts_with("current version: none"), "{}", stdout(&status));
-    assert!(stdout(&status).contains("pending:         1, 2, 3, 4, 5, 6, 7\n"), "{}", stdout(&status));
+    assert!(stdout(&status).contains("pending:         1, 2, 3, 4, 5, 6, 7, 8\n"), "{}", stdout(&status));
 }
 
 #[tokio::test]
@@ -70,7 +70,7 @@ async fn the_schema_option_is_honoured_by_up_and_status() {
     assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
 
     let in_schema = run(&["status", "--schema=jobs"], Some(&url));
-    assert!(stdout(&in_schema).contains("current version: 7\n"), "{}", stdout(&in_schema));
+    assert!(stdout(&in_schema).contains("current version: 8\n"), "{}", stdout(&in_schema));
     let elsewhere = run(&["status"], Some(&url));
     assert!(stdout(&elsewhere).starts_with("current version: none"), "{}", stdout(&elsewhere));
 }

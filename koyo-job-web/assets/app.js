@@ -650,7 +650,9 @@
     renderActions(d.actions || {});
     try {
       const body = await api(...ACTION_TEXT[kind].path(id));
-      showMessage(ACTION_TEXT[kind].done(id));
+      // A running job's cancel is a request: its worker stops it within about a second.
+      showMessage(kind === 'cancel' && body && body.status === 'running'
+        ? `cancel of job ${id} requested: its worker stops it` : ACTION_TEXT[kind].done(id));
       if (kind === 'delete') closeDetail();
       else if (state.detailId === id && body && body.id === id) renderDetail(body);
     } catch (e) {

@@ -368,7 +368,7 @@ async fn act(
     action: Action,
 ) -> ApiResult<JobDetailBody> {
     let id = permitted(&state, &headers, &id)?;
-    let done = with_client(&state, async |c| admin::apply(c, id, action).await).await?;
+    let done = with_client(&state, async |c| admin::apply_as(c, id, action, "the admin page").await).await?;
     tracing::info!(job.id = id, job.queue = %done.queue, "koyo-job admin: {}", past_tense(action));
     state.queues.forget().await;
     detail(&state, id).await.map(Json)
@@ -385,7 +385,8 @@ pub(crate) async fn delete(
     RawId(id): RawId,
 ) -> ApiResult<DeletedBody> {
     let id = permitted(&state, &headers, &id)?;
-    let done = with_client(&state, async |c| admin::apply(c, id, Action::Delete).await).await?;
+    let done =
+        with_client(&state, async |c| admin::apply_as(c, id, Action::Delete, "the admin page").await).await?;
     tracing::info!(job.id = id, job.queue = %done.queue, "koyo-job admin: {}", past_tense(Action::Delete));
     state.queues.forget().await;
     Ok(Json(DeletedBody { deleted: id }))

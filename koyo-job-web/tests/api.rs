@@ -306,19 +306,31 @@ async fn actions_follow_the_state_rules() {
     let (status, body) = f.post(Method::POST, &format!("/admin/jobs/api/jobs/{done}/cancel")).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 
-    // Never a job a live worker runs; a lost worker's job, yes.
+    // A job a live worker runs: no retry or delete; a cancel is a request to its worker, and
+    // the job stays running until that worker stops it. A lost worker's job: all three.
     let (_, job) = f.get(&format!("/admin/jobs/api/jobs/{running_live}")).await;
-    assert_eq!(job["actions"], serde_json::json!({"retry": false, "cancel": false, "delete": false}));
+    assert_eq!(job["actions"], serde_json::json!({"retry": false, "cancel": true, "delete": false}));
     for (method, path) in [
         (Method::POST, format!("/admin/jobs/api/jobs/{running_live}/retry")),
-        (Method::POST, format!("/admin/jobs/api/jobs/{running_live}/cancel")),
         (Method::DELETE, format!("/admin/jobs/api/jobs/{running_live}")),
     ] {
         let (status, body) = f.post(method, &path).await;
         assert_eq!(status, StatusCode::CONFLICT, "{path}");
         assert!(error_of(&body).contains("a live worker is running it"), "{body}");
     }
+    let (status, job) = f.post(Method::POST, &format!("/admin/jobs/api/jobs/{running_live}/cancel")).await;
+    assert_eq!((status, job["status"].as_str()), (StatusCode::OK, Some("running")), "{job}");
     assert_eq!(f.status_of(running_live).await.as_deref(), Some("running"));
+    let by: Option<String> = f
+        .broker
+        .client()
+        .await
+        .unwrap()
+        .query_one("SELECT cancel_requested_by FROM koyo_jobs WHERE id = $1", &[&running_live])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(by.as_deref(), Some("the admin page"));
     let (_, job) = f.get(&format!("/admin/jobs/api/jobs/{running_lost}")).await;
     assert_eq!(job["actions"], serde_json::json!({"retry": true, "cancel": true, "delete": true}));
     let (status, job) = f.post(Method::POST, &format!("/admin/jobs/api/jobs/{running_lost}/cancel")).await;

@@ -228,6 +228,8 @@ pub enum JobFailure {
     Panicked(String),
     /// The body ran past its timeout and was dropped.
     TimedOut(std::time::Duration),
+    /// An operator cancelled the job while it ran.
+    Cancelled,
     /// The body called `retry!`, with the delay and reason it gave.
     RetryRequested {
         /// The delay given to `retry!`; `None` for the worker's backoff.
@@ -243,6 +245,7 @@ impl fmt::Display for JobFailure {
             JobFailure::Error(msg) => write!(f, "failed: {msg}"),
             JobFailure::Panicked(msg) => write!(f, "panicked: {msg}"),
             JobFailure::TimedOut(after) => write!(f, "timed out after {after:?}"),
+            JobFailure::Cancelled => write!(f, "cancelled while running"),
             JobFailure::RetryRequested { reason: Some(reason), .. } => {
                 write!(f, "asked to be retried: {reason}")
             }

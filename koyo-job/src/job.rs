@@ -488,6 +488,9 @@ struct ContextInner {
     claimed: Option<(JobInfo, i64)>,
     retry: Mutex<Option<RetryRequest>>,
     completed_in_tx: AtomicBool,
+    /// An operator asked to cancel the job while it runs.
+    cancelled: AtomicBool,
+    cancel: tokio::sync::Notify,
 }
 
 tokio::task_local! {
@@ -511,7 +514,34 @@ impl JobContext {
             claimed,
             retry: Mutex::new(None),
             completed_in_tx: AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
+            cancel: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// Marks the attempt cancelled and wakes whatever waits for that (the body's
+    /// [`cancelled`], and the worker's grace timer).
+    pub(crate) fn cancel(&self) {
+        self.0.cancelled.store(true, Ordering::SeqCst);
+        self.0.cancel.notify_waiters();
+    }
+
+    /// Whether the attempt was cancelled.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.0.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the attempt is cancelled (at once if it already is).
+    pub(crate) async fn cancellation(&self) {
+        loop {
+            let notified = self.0.cancel.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// What middleware and `current_job` see of this attempt.
@@ -584,6 +614,40 @@ pub async fn complete_in<C: Executor + ?Sized>(client: &C) -> Result<(), Error> 
     }
     ctx.0.completed_in_tx.store(true, Ordering::Relaxed);
     Ok(())
+}
+
+/// Resolves when an operator cancels the running job (the admin page, `koyo-job-admin cancel`,
+/// [`crate::admin::apply`]); pending for ever outside a job body and in synchronous mode.
+///
+/// The worker stops the body about a second after the cancel reaches it (at the body's next
+/// `.await`, as a time-out does), so a body with something to undo can race its work against
+/// this and clean up within that second. The job then ends `cancelled` (if it returns an error
+/// or is stopped) or `done` (if it still succeeds).
+///
+/// ```no_run
+/// #[koyo_job::define_job]
+/// async fn export(report_id: i64) -> Result<(), String> {
+///     tokio::select! {
+///         result = write_report(report_id) => result,
+///         () = koyo_job::cancelled() => {
+///             remove_partial_file(report_id).await;
+///             Err("cancelled; the partial file was removed".into())
+///         }
+///     }
+/// }
+/// # async fn write_report(_: i64) -> Result<(), String> { Ok(()) }
+/// # async fn remove_partial_file(_: i64) {}
+/// ```
+pub async fn cancelled() {
+    match CURRENT_JOB.try_with(JobContext::clone) {
+        Ok(ctx) if ctx.0.claimed.is_some() => ctx.cancellation().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Whether an operator cancelled the running job (see [`cancelled`]); false outside a job body.
+pub fn is_cancelled() -> bool {
+    CURRENT_JOB.try_with(JobContext::is_cancelled).unwrap_or(false)
 }
 
 /// The stored job whose body is running in this task: its id, queue, name and attempt. `None`

@@ -89,8 +89,8 @@ pub use codec::{DecodeError, MAX_ARGS_BYTES, MAX_ARGS_DEPTH};
 pub use error::{Error, JobFailure};
 pub use inline::run_jobs_inline;
 pub use job::{
-    IntoDelay, IntoNewJob, Job, JobArgument, JobId, JobOutput, NewJob, complete_in, current_job, schedule_at,
-    schedule_in,
+    IntoDelay, IntoNewJob, Job, JobArgument, JobId, JobOutput, NewJob, cancelled, complete_in, current_job,
+    is_cancelled, schedule_at, schedule_in,
 };
 pub use koyo_job_macros::define_job;
 pub use middleware::{JobInfo, Middleware, Next, Outcome};

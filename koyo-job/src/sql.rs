@@ -17,13 +17,15 @@ pub struct Statement {
     pub types: &'static [Type],
 }
 
-/// Listens on both channels; sent once on each new listener connection.
-pub const LISTEN: &str = "LISTEN koyo_jobs; LISTEN koyo_jobs_scheduled";
+/// Listens on every channel; sent once on each new listener connection.
+pub const LISTEN: &str = "LISTEN koyo_jobs; LISTEN koyo_jobs_scheduled; LISTEN koyo_jobs_cancel";
 
 /// The channel that announces ready jobs.
 pub const READY_CHANNEL: &str = "koyo_jobs";
 /// The channel that announces jobs scheduled for later.
 pub const SCHEDULED_CHANNEL: &str = "koyo_jobs_scheduled";
+/// The channel that asks a worker to stop a running job: payload `<worker id> <job id>`.
+pub const CANCEL_CHANNEL: &str = "koyo_jobs_cancel";
 
 /// Inserts one job and notifies in the same statement (so inside a transaction the
 /// notification is sent at commit). `$6` is an absolute time, or NULL for "now + `$7` seconds"
@@ -338,7 +340,8 @@ RETURNING j.id",
 };
 
 /// Ends attempts that did not succeed: each row goes to the state the worker decided
-/// (`ready` or `scheduled` again after `delay` seconds, or `failed`), with its error message.
+/// (`ready` or `scheduled` again after `delay` seconds, `failed`, or `cancelled` when an
+/// operator cancelled it while it ran), with its error message.
 /// Fenced like [`COMPLETE`]. Notifies queues that got ready jobs back.
 ///
 /// Params: ids, attempts, new states, delays in seconds, errors, worker id, attempt adjustments
@@ -349,10 +352,13 @@ WITH upd AS (
     UPDATE koyo_jobs AS j
     SET status = d.status,
         attempts = j.attempts + d.adjust,
-        scheduled_at = CASE WHEN d.status = 'failed' THEN j.scheduled_at
+        scheduled_at = CASE WHEN d.status IN ('failed', 'cancelled') THEN j.scheduled_at
                             ELSE now() + make_interval(secs => d.delay) END,
-        finished_at = CASE WHEN d.status = 'failed' THEN now() END,
-        last_error = d.error
+        finished_at = CASE WHEN d.status IN ('failed', 'cancelled') THEN now() END,
+        -- A job stopped because an operator cancelled it says who did.
+        last_error = CASE WHEN d.status = 'cancelled'
+                          THEN format('cancelled while running, by %s', coalesce(j.cancel_requested_by, 'an operator'))
+                          ELSE d.error END
     FROM unnest($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::text[], $7::int4[])
          AS d(id, attempt, status, delay, error, adjust)
     WHERE j.id = d.id AND j.attempts = d.attempt AND (j.status, j.worker_id) IS NOT DISTINCT FROM ('running'::text, $6::int8)
@@ -383,12 +389,15 @@ pub const RELEASE: Statement = Statement {
     sql: "
 WITH upd AS (
     UPDATE koyo_jobs AS j
-    SET status = 'ready', attempts = j.attempts - 1, last_error = coalesce($4::text, j.last_error)
+    -- A job an operator asked to cancel ends cancelled rather than running again.
+    SET status = CASE WHEN j.cancel_requested_at IS NULL THEN 'ready' ELSE 'cancelled' END,
+        finished_at = CASE WHEN j.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+        attempts = j.attempts - 1, last_error = coalesce($4::text, j.last_error)
     FROM unnest($1::int8[], $2::int4[]) AS d(id, attempt)
     WHERE j.id = d.id AND j.attempts = d.attempt AND (j.status, j.worker_id) IS NOT DISTINCT FROM ('running'::text, $3::int8)
-    RETURNING j.id, j.queue
+    RETURNING j.id, j.queue, j.status
 ), notified AS (
-    SELECT pg_notify('koyo_jobs', queue) FROM (SELECT DISTINCT queue FROM upd) AS d
+    SELECT pg_notify('koyo_jobs', queue) FROM (SELECT DISTINCT queue FROM upd WHERE status = 'ready') AS d
 )
 SELECT COALESCE(array_agg(id), '{}'), (SELECT count(*) FROM notified) FROM upd",
     types: &[Type::INT8_ARRAY, Type::INT4_ARRAY, Type::INT8, Type::TEXT],
@@ -419,8 +428,10 @@ WITH beat AS (
     RETURNING id
 ), rescued AS (
     UPDATE koyo_jobs AS j
-    SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'ready' END,
-        finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+    -- A job an operator asked to cancel ends cancelled rather than running again.
+    SET status = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                      WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'ready' END,
+        finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR j.attempts >= j.max_attempts THEN now() END,
         last_error = format('worker %s was lost during attempt %s (its heartbeat stopped)',
                             j.worker_id, j.attempts)
     WHERE $3::bool AND j.status = 'running'
@@ -455,6 +466,10 @@ WITH beat AS (
 )
 SELECT
     EXISTS (SELECT 1 FROM beat) AS alive,
+    -- Running jobs of this worker an operator asked to cancel (for a worker that missed the
+    -- notification, or does not listen): an index probe on `koyo_jobs_running`.
+    (SELECT array_agg(id) FROM koyo_jobs
+     WHERE status = 'running' AND worker_id = $1 AND cancel_requested_at IS NOT NULL) AS cancel_ids,
     (SELECT count(*) FROM rescued) AS rescued,
     (SELECT count(*) FROM promoted) AS promoted,
     (SELECT count(*) FROM orphaned) AS orphaned,

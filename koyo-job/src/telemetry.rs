@@ -38,6 +38,7 @@ pub(crate) enum Ended {
     Completed,
     Retried,
     Failed,
+    Cancelled,
 }
 
 pub(crate) fn ended(job: &JobInfo, how: Ended, ran: Duration) {
@@ -47,6 +48,7 @@ pub(crate) fn ended(job: &JobInfo, how: Ended, ran: Duration) {
         Ended::Completed => "koyo_job_completed_total",
         Ended::Retried => "koyo_job_retried_total",
         Ended::Failed => "koyo_job_failed_total",
+        Ended::Cancelled => "koyo_job_cancelled_total",
     };
     metrics::counter!(name, &labels).increment(1);
 }

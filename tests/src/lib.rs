@@ -296,9 +296,13 @@ pub mod chaos {
             Ok(Running { seq: row.get(0), closed: false })
         }
 
-        async fn finish(mut self) -> Result<(), String> {
+        async fn finish(self) -> Result<(), String> {
+            self.finish_as("ok").await
+        }
+
+        async fn finish_as(mut self, outcome: &str) -> Result<(), String> {
             let ended = OffsetDateTime::now_utc();
-            close(self.seq, ended, "ok").await?;
+            close(self.seq, ended, outcome).await?;
             self.closed = true;
             Ok(())
         }
@@ -445,6 +449,20 @@ pub mod chaos {
         execution.finish().await
     }
 
+    /// Works for `work_ms` unless an operator cancels it: then it records `cleaned-up` as its
+    /// outcome (the clean-up a job does in the second it is given) and ends with an error.
+    #[define_job(name = "chaos.cancellable", queue = "chaos")]
+    pub async fn cancellable_job(n: i64, work_ms: u64) -> Result<(), String> {
+        let execution = Running::begin(n, "cancellable").await?;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(work_ms)) => execution.finish().await,
+            () = koyo_job::cancelled() => {
+                execution.finish_as("cleaned-up").await?;
+                Err("stopped on request".to_owned())
+            }
+        }
+    }
+
     /// Enqueued every second by the workers that serve queue `periodic`; records its run.
     #[define_job(name = "chaos.tick", queue = "periodic", every = "1s")]
     pub async fn tick_job() -> Result<(), String> {
@@ -492,6 +510,7 @@ pub mod chaos {
             noop_job(0).name(),
             bad_text_job(0, String::new()).name(),
             deep_job(0, Chain::End).name(),
+            cancellable_job(0, 0).name(),
             tick_job().name(),
             tick_latest_job().name(),
             tick_skip_job().name(),

@@ -296,6 +296,41 @@ async fn opens_a_job_from_its_url_and_refuses_posts_without_the_csrf_token() {
 }
 
 /// Where the screenshot goes: `$CARGO_TARGET_DIR`, else the workspace's `target/`.
+/// Cancelling a job a live worker runs, from its detail: the page says the cancel was asked
+/// for, the worker stops the body about a second later, and the detail then shows the job
+/// cancelled, with who cancelled it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_a_running_job_from_its_detail() {
+    let Some(browser) = browser_or_skip("cancel_a_running_job_from_its_detail") else { return };
+    let env = env().await;
+    let worker = env.worker().queue("webhooks").start().await.unwrap();
+    let id = deliver_webhook("https://example.com/hook".into(), "order.paid".into())
+        .enqueue_on(&env.broker)
+        .await
+        .unwrap();
+    env.wait_for_status(id, "running", RUN).await;
+    let base = serve_admin(&env.broker, Mount::Mount).await;
+    browser.goto(&format!("{base}#job/{id}")).unwrap();
+    wait_for_text(&browser, "#detail-status", "running");
+    browser
+        .wait_for("document.querySelector('#cancel')?.hidden === false", UI)
+        .unwrap_or_else(|e| panic!("a running job on a live worker offers cancel: {e}"));
+    browser.click("#cancel").unwrap();
+    wait_for_text(&browser, "#detail-status", "cancelled");
+    browser
+        .wait_for(
+            &format!(
+                "{}?.includes('cancelled while running, by the admin page')",
+                text_of("#detail-error pre")
+            ),
+            UI,
+        )
+        .unwrap_or_else(|e| panic!("the detail never said who cancelled it: {e}"));
+    assert_eq!(env.job(id).await.status, "cancelled");
+    worker.shutdown().await;
+    assert_no_page_errors(&browser);
+}
+
 /// A queue paused from its row (after the confirmation) shows as paused, no worker claims its
 /// jobs, and resuming it from the same row lets them run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,8 +12,8 @@ use std::time::Duration;
 use koyo_job::JobId;
 use koyo_job::testing::PrivateCluster;
 use koyo_job_tests::chaos::{
-    ChaosDb, ChaosWorker, Execution, WorkerArgs, abort_job, block_job, gate_job, ledger_job, ms, overlaps,
-    peak_concurrency, spin_job,
+    ChaosDb, ChaosWorker, Execution, WorkerArgs, abort_job, block_job, cancellable_job, gate_job, ledger_job,
+    ms, overlaps, peak_concurrency, spin_job,
 };
 use time::OffsetDateTime;
 
@@ -924,5 +924,95 @@ async fn shutdown_ends_on_time_when_a_result_cannot_be_written() {
     assert_eq!(done.worker_id, Some(b.worker_id()));
     eprintln!(
         "chaos[hung write at shutdown]: w exited {took:?} after SIGTERM (grace 0.5 s, flush 1.5 s); the job was rescued and done by b"
+    );
+}
+
+/// Cancels, from the operator's side, job `id` that a live worker runs; returns when the cancel
+/// was recorded (the row is still `running`).
+async fn cancel_running(db: &ChaosDb, id: JobId) {
+    let client = db.broker.client().await.unwrap();
+    let applied = koyo_job::admin::apply_as(&client, id.0, koyo_job::admin::Action::Cancel, "the chaos test")
+        .await
+        .unwrap();
+    assert_eq!(applied.status.as_deref(), Some("running"));
+}
+
+/// The seconds from the cancel request to the job's end, by the database's clock.
+async fn cancel_took(db: &ChaosDb, id: JobId) -> f64 {
+    db.query(
+        "SELECT EXTRACT(EPOCH FROM finished_at - cancel_requested_at)::float8 FROM koyo_jobs WHERE id = $1",
+        &[&id.0],
+    )
+    .await[0]
+        .get(0)
+}
+
+/// An operator cancels running jobs: the owning worker stops a body that ignores it about a
+/// second later, lets one that notices it clean up, and writes both `cancelled` with who asked
+/// (fenced, like every result); a worker that polls instead of listening finds the request at
+/// its next tick; a cancel that comes after the job finished changes nothing; and the worker
+/// goes on running jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_cancels_running_jobs_and_their_workers_stop_them() {
+    let db = ChaosDb::create().await;
+    let mut w =
+        ChaosWorker::spawn(WORKER, db.url(), WorkerArgs::new("w").pool(4).lease_ms(5000).poll_ms(500)).await;
+    let ignores = enqueue_ledger(&db, [1], 60_000).await[0];
+    let notices = cancellable_job(2, 60_000).enqueue_on(&db.broker).await.unwrap();
+    db.expect_count("both run", "SELECT count(*) FROM chaos_ledger", Duration::from_secs(10), |n| n == 2)
+        .await;
+
+    cancel_running(&db, ignores).await;
+    let job = db.wait_for_status(ignores, "cancelled", Duration::from_secs(10)).await;
+    assert_eq!(job.last_error.as_deref(), Some("cancelled while running, by the chaos test"), "{job:?}");
+    let ignored_took = cancel_took(&db, ignores).await;
+    cancel_running(&db, notices).await;
+    db.wait_for_status(notices, "cancelled", Duration::from_secs(10)).await;
+    let noticed_took = cancel_took(&db, notices).await;
+    let outcomes: Vec<(i64, Option<String>)> =
+        db.executions().await.into_iter().map(|e| (e.n, e.outcome)).collect();
+    assert!(outcomes.contains(&(1, Some("dropped".to_owned()))), "{outcomes:?}");
+    assert!(outcomes.contains(&(2, Some("cleaned-up".to_owned()))), "{outcomes:?}");
+    assert!(
+        (0.9..3.0).contains(&ignored_took),
+        "a body ignoring the cancel was stopped {ignored_took:.2} s after it"
+    );
+    assert!(noticed_took < 1.0, "a body noticing the cancel ended {noticed_took:.2} s after it");
+
+    // A cancel after the job ended changes nothing.
+    let short = enqueue_ledger(&db, [3], 10).await[0];
+    db.wait_for_status(short, "done", Duration::from_secs(10)).await;
+    let client = db.broker.client().await.unwrap();
+    let late = koyo_job::admin::apply_as(&client, short.0, koyo_job::admin::Action::Cancel, "late").await;
+    assert!(matches!(late, Err(koyo_job::admin::AdminError::Refused(_))), "{late:?}");
+    assert_eq!(db.job(short).await.status, "done");
+    assert!(db.changes_after_done().await.is_empty());
+    w.terminate(Duration::from_secs(10)).await;
+
+    // A worker that does not listen finds the request at its next tick (every 500 ms here).
+    let mut polling = ChaosWorker::spawn(
+        WORKER,
+        db.url(),
+        WorkerArgs::new("p").pool(2).listen(false).lease_ms(5000).poll_ms(500),
+    )
+    .await;
+    let polled = enqueue_ledger(&db, [4], 60_000).await[0];
+    db.expect_count(
+        "p runs it",
+        "SELECT count(*) FROM chaos_ledger WHERE n = 4",
+        Duration::from_secs(10),
+        |n| n == 1,
+    )
+    .await;
+    cancel_running(&db, polled).await;
+    db.wait_for_status(polled, "cancelled", Duration::from_secs(10)).await;
+    let polled_took = cancel_took(&db, polled).await;
+    let after = enqueue_ledger(&db, [5], 10).await[0];
+    db.wait_for_status(after, "done", Duration::from_secs(10)).await;
+    polling.terminate(Duration::from_secs(10)).await;
+    assert!(polled_took < 3.0, "a polling worker stopped the job {polled_took:.2} s after the cancel");
+    eprintln!(
+        "chaos[cancel running]: stopped {ignored_took:.2} s after the request (body ignoring it; grace 1 s), \
+         {noticed_took:.2} s (body noticing it), {polled_took:.2} s (worker polling every 0.5 s)"
     );
 }

@@ -64,6 +64,16 @@ pub(super) async fn listen_once(shared: &Shared) -> Result<(), Error> {
     shared.wake.notify_one();
     shared.tick_soon.notify_one();
     while let Some(n) = rx.recv().await {
+        if n.channel() == sql::CANCEL_CHANNEL {
+            // `<worker id> <job id>`: only this worker's jobs.
+            let mut ids = n.payload().split(' ').map(str::parse::<i64>);
+            if let (Some(Ok(worker)), Some(Ok(job))) = (ids.next(), ids.next())
+                && worker == shared.worker_id.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                shared.cancel_running(job);
+            }
+            continue;
+        }
         if !shared.settings.queues.iter().any(|q| q == n.payload()) {
             continue;
         }

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::completer::ToCompleter;
 use super::give_back::{release_prefetched, release_unfinished};
-use super::run::run_job;
+use super::run::{context_of, run_job};
 use super::served;
 use super::tick::{Tick, tick};
 use super::{Claim, ClaimedJob, RunningJob, Shared};
@@ -299,6 +299,7 @@ pub(super) fn spawn_job(
     permit: OwnedSemaphorePermit,
 ) {
     let claim = job.claim;
-    let handle = tokio::spawn(run_job(shared.clone(), job, permit));
-    running.insert(claim.id, RunningJob { claim, abort: handle.abort_handle() });
+    let ctx = context_of(&job);
+    let handle = tokio::spawn(run_job(shared.clone(), job, ctx.clone(), permit));
+    running.insert(claim.id, RunningJob { claim, abort: handle.abort_handle(), ctx });
 }

@@ -136,6 +136,22 @@ struct Shared {
 struct RunningJob {
     claim: Claim,
     abort: AbortHandle,
+    /// The attempt's context, through which an operator's cancel reaches the body.
+    ctx: crate::job::JobContext,
+}
+
+impl Shared {
+    /// Passes an operator's cancel of job `id` to its body, if it runs here now (a job still
+    /// waiting among the prefetched ones gets it from a later tick, once it has started).
+    fn cancel_running(&self, id: i64) {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(job) = running.get(&JobId(id))
+            && !job.ctx.is_cancelled()
+        {
+            tracing::info!(job_id = id, "koyo-job stops a running job an operator cancelled");
+            job.ctx.cancel();
+        }
+    }
 }
 
 /// What fences every write about one attempt: the job, the attempt number and the worker

@@ -34,7 +34,8 @@ pub(super) enum Verdict {
     },
 }
 
-pub(super) async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+/// The context of a claimed job's attempt.
+pub(super) fn context_of(job: &ClaimedJob) -> JobContext {
     let info = JobInfo {
         id: job.claim.id,
         queue: job.queue.clone(),
@@ -42,7 +43,15 @@ pub(super) async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedS
         attempt: job.claim.attempt,
         max_attempts: job.max_attempts,
     };
-    let ctx = JobContext::claimed(info, job.claim.worker_id);
+    JobContext::claimed(info, job.claim.worker_id)
+}
+
+pub(super) async fn run_job(
+    shared: Arc<Shared>,
+    job: ClaimedJob,
+    ctx: JobContext,
+    permit: OwnedSemaphorePermit,
+) {
     // The parent span of everything the job logs.
     let span = tracing::info_span!(
         "koyo_job.run",
@@ -61,6 +70,7 @@ pub(super) async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedS
         let how = match &verdict {
             Verdict::Done => Some(telemetry::Ended::Completed),
             Verdict::Unsuccessful { status: "failed", .. } => Some(telemetry::Ended::Failed),
+            Verdict::Unsuccessful { status: "cancelled", .. } => Some(telemetry::Ended::Cancelled),
             // A job this binary does not know was not run: nothing to count.
             Verdict::Unsuccessful { adjust: -1, .. } => None,
             Verdict::Unsuccessful { .. } => Some(telemetry::Ended::Retried),
@@ -96,6 +106,9 @@ pub(super) async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedS
         drop(permit);
     }
 }
+
+/// How long a cancelled job's body may go on before it is dropped.
+const CANCEL_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs one attempt and decides how it ends.
 pub(super) async fn attempt(shared: &Shared, job: &ClaimedJob, ctx: &JobContext) -> Verdict {
@@ -137,6 +150,11 @@ pub(super) async fn attempt(shared: &Shared, job: &ClaimedJob, ctx: &JobContext)
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| Err(JobFailure::Panicked(panic_message(&*panic))));
+    // A cancelled job that did not succeed ends cancelled, whatever made it stop.
+    let outcome = match outcome {
+        Err(_) if ctx.is_cancelled() => Err(JobFailure::Cancelled),
+        outcome => outcome,
+    };
     if let Err(failure) = &outcome {
         tracing::debug!(%failure, "koyo-job attempt did not succeed");
     }
@@ -149,6 +167,9 @@ pub(super) fn verdict_for(outcome: Outcome, attempt: i32, max_attempts: i32, bac
         Err(failure) => failure,
     };
     let error = failure.to_string();
+    if failure == JobFailure::Cancelled {
+        return Verdict::Unsuccessful { status: "cancelled", delay: Duration::ZERO, error, adjust: 0 };
+    }
     if attempt >= max_attempts {
         let error = format!("{error} (attempt {attempt} of {max_attempts}; no attempts left)");
         return Verdict::Unsuccessful { status: "failed", delay: Duration::ZERO, error, adjust: 0 };
@@ -164,10 +185,26 @@ pub(super) fn verdict_for(outcome: Outcome, attempt: i32, max_attempts: i32, bac
 /// Runs a job body with its time limit, turning errors, panics, time-outs and `retry!` into
 /// one outcome. Also used by synchronous mode.
 pub(crate) async fn run_body(body: JobFuture, ctx: &JobContext, timeout: Option<Duration>) -> Outcome {
+    // Once an operator cancels the job, the body has `CANCEL_GRACE` to notice
+    // (`koyo_job::cancelled`) and end on its own before it is dropped.
+    let cancelling = ctx.clone();
+    let stopped = async move {
+        cancelling.cancellation().await;
+        tokio::time::sleep(CANCEL_GRACE).await;
+    };
     let caught = AssertUnwindSafe(ctx.scope(async move {
-        match timeout {
-            Some(limit) => tokio::time::timeout(limit, body).await.map_err(|_| JobFailure::TimedOut(limit)),
-            None => Ok(body.await),
+        let timed = async move {
+            match timeout {
+                Some(limit) => {
+                    tokio::time::timeout(limit, body).await.map_err(|_| JobFailure::TimedOut(limit))
+                }
+                None => Ok(body.await),
+            }
+        };
+        tokio::select! {
+            biased;
+            result = timed => result,
+            () = stopped => Err(JobFailure::Cancelled),
         }
     }))
     .catch_unwind()
@@ -223,6 +260,11 @@ mod tests {
             &b,
         );
         assert!(matches!(retry, Verdict::Unsuccessful { status: "ready", .. }));
+        let cancelled = verdict_for(Err(JobFailure::Cancelled), 1, 3, &b);
+        assert!(
+            matches!(cancelled, Verdict::Unsuccessful { status: "cancelled", adjust: 0, .. }),
+            "not retried"
+        );
         let later = verdict_for(Err(JobFailure::Panicked("p".into())), 1, 3, &b);
         assert!(matches!(later, Verdict::Unsuccessful { status: "scheduled", .. }));
     }

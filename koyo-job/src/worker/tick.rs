@@ -91,6 +91,10 @@ pub(super) async fn try_tick(shared: &Shared, rescue: bool, sample: bool) -> Res
             telemetry::queue_depth(queue, ready, lag);
         }
     }
+    let cancel: Option<Vec<i64>> = row.get("cancel_ids");
+    for id in cancel.unwrap_or_default() {
+        shared.cancel_running(id);
+    }
     let orphaned: i64 = row.get("orphaned");
     if orphaned > 0 {
         tracing::warn!(

@@ -389,10 +389,15 @@ async fn queues(client: &Client, json: bool) -> Result<String, CliError> {
     ))
 }
 
+/// Who acts, as stored with a pause or a cancel: `$USER (koyo-job-admin)`.
+fn operator() -> String {
+    let user: String =
+        std::env::var("USER").unwrap_or_default().chars().filter(|c| !c.is_control()).take(64).collect();
+    if user.is_empty() { "koyo-job-admin".to_owned() } else { format!("{user} (koyo-job-admin)") }
+}
+
 async fn pause(client: &Client, json: bool, queue: &str) -> Result<String, CliError> {
-    let who = std::env::var("USER")
-        .map_or_else(|_| "koyo-job-admin".to_owned(), |user| format!("{user} (koyo-job-admin)"));
-    let since = admin::pause(client, queue, &who).await?;
+    let since = admin::pause(client, queue, &operator()).await?;
     if json {
         return Ok(format!(
             "{}\n",
@@ -535,7 +540,7 @@ async fn show(client: &Client, json: bool, id: i64) -> Result<String, CliError> 
 }
 
 async fn apply(client: &Client, json: bool, id: i64, action: Action) -> Result<String, CliError> {
-    let done = admin::apply(client, id, action).await?;
+    let done = admin::apply_as(client, id, action, &operator()).await?;
     if json {
         return Ok(format!(
             "{}\n",
@@ -554,6 +559,11 @@ async fn apply(client: &Client, json: bool, id: i64, action: Action) -> Result<S
             "job {id} is ready on queue {queue} ({} of {} attempts used)\n",
             done.attempts, done.max_attempts
         ),
+        Action::Cancel if done.status.as_deref() == Some("running") => {
+            format!(
+                "job {id} on queue {queue} is running: its worker was asked to stop it, and marks it cancelled\n"
+            )
+        }
         Action::Cancel => format!("job {id} on queue {queue} is cancelled\n"),
         Action::Delete => format!("job {id} on queue {queue} is deleted\n"),
     })
