@@ -42,6 +42,7 @@ async fn three_worker_processes_enqueue_one_job_per_slot_and_a_kill_changes_noth
     })
     .await;
     workers[1].kill();
+    let killed_after = db_now(&db).await - started;
     while db_now(&db).await < started + 20.0 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -64,8 +65,7 @@ async fn three_worker_processes_enqueue_one_job_per_slot_and_a_kill_changes_noth
         .await;
     assert!(reruns <= 1, "{reruns} jobs ran more than once");
     eprintln!(
-        "chaos[periodic]: 3 worker processes (1 killed at ~{:.0} s), {} one-second slots, one job each, {reruns} rerun",
-        db_now(&db).await - started,
+        "chaos[periodic]: 3 worker processes (1 killed after {killed_after:.1} s of 20), {} one-second slots, one job each, {reruns} rerun",
         slots.len()
     );
 }
