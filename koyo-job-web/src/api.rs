@@ -419,31 +419,34 @@ fn queue_name(raw: &str) -> Result<String, ApiError> {
 }
 
 /// Pauses a queue: no worker claims its jobs until it is resumed.
-pub(crate) async fn pause(
-    Extract(state): Shared,
-    headers: HeaderMap,
-    RawId(raw): RawId,
-) -> ApiResult<serde_json::Value> {
-    changes_permitted(&state, &headers)?;
-    let queue = queue_name(&raw)?;
-    let since = with_client(&state, async |c| admin::pause(c, &queue, "the admin page").await).await?;
-    tracing::info!(queue = %queue, "koyo-job admin: queue paused");
-    state.queues.forget().await;
-    Ok(Json(json!({ "queue": queue, "paused_at": since })))
+pub(crate) async fn pause(state: Shared, headers: HeaderMap, queue: RawId) -> ApiResult<serde_json::Value> {
+    on_queue(state, headers, queue, true).await
 }
 
 /// Resumes a paused queue.
-pub(crate) async fn resume(
+pub(crate) async fn resume(state: Shared, headers: HeaderMap, queue: RawId) -> ApiResult<serde_json::Value> {
+    on_queue(state, headers, queue, false).await
+}
+
+/// Pauses (`pause`) or resumes a queue, after the checks every change passes.
+async fn on_queue(
     Extract(state): Shared,
     headers: HeaderMap,
     RawId(raw): RawId,
+    pause: bool,
 ) -> ApiResult<serde_json::Value> {
     changes_permitted(&state, &headers)?;
     let queue = queue_name(&raw)?;
-    let was_paused = with_client(&state, async |c| admin::resume(c, &queue).await).await?;
-    tracing::info!(queue = %queue, "koyo-job admin: queue resumed");
+    let body = if pause {
+        let since = with_client(&state, async |c| admin::pause(c, &queue, "the admin page").await).await?;
+        json!({ "queue": queue, "paused_at": since })
+    } else {
+        let was_paused = with_client(&state, async |c| admin::resume(c, &queue).await).await?;
+        json!({ "queue": queue, "was_paused": was_paused })
+    };
+    tracing::info!(queue = %queue, "koyo-job admin: queue {}", if pause { "paused" } else { "resumed" });
     state.queues.forget().await;
-    Ok(Json(json!({ "queue": queue, "was_paused": was_paused })))
+    Ok(Json(body))
 }
 
 fn past_tense(action: Action) -> &'static str {
