@@ -399,6 +399,10 @@ pub struct JobDetail {
     /// The stored arguments (bincode; decoding them needs the job's Rust types).
     #[cfg_attr(feature = "serde", serde(skip))]
     pub args: Vec<u8>,
+    /// A unique job's key (its name and what makes it unique), while it has one.
+    pub unique_key: Option<String>,
+    /// Who asked to cancel it while it ran, if anyone did.
+    pub cancel_requested_by: Option<String>,
 }
 
 impl JobDetail {
@@ -420,7 +424,7 @@ SELECT id, queue, job, status, priority, attempts, max_attempts, ",
     utc!("finished_at"),
     ", worker_id, status = 'running' AND ",
     on_live_worker!(),
-    ", last_error, args
+    ", last_error, args, unique_key, cancel_requested_by
 FROM koyo_jobs AS j
 WHERE id = $1::int8"
 );
@@ -444,6 +448,8 @@ pub async fn job(client: &Client, id: i64) -> Result<Option<JobDetail>, AdminErr
         on_live_worker: row.get(12),
         last_error: row.get(13),
         args: row.get(14),
+        unique_key: row.get(15),
+        cancel_requested_by: row.get(16),
     }))
 }
 

@@ -531,6 +531,9 @@ async fn cancel_finishes_waiting_and_failed_jobs_and_refuses_the_rest() {
         .unwrap()
         .get(0);
     assert!(by.is_some_and(|by| by.contains("koyo-job-admin")));
+    let shown = ok(&f.run(&["show", &running.to_string()]));
+    assert!(shown.contains("cancel_by    ") && shown.contains("koyo-job-admin"), "{shown}");
+    assert!(!ok(&f.run(&["show", &done.to_string()])).contains("cancel_by"), "shown only when set");
     fails(&f.run(&["cancel", &done.to_string()]), 3, "already succeeded");
     fails(&f.run(&["cancel", &ready.to_string()]), 3, "already cancelled");
     fails(&f.run(&["cancel", "424242", "--json"]), 4, "no job with id 424242");

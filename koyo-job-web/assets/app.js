@@ -587,6 +587,11 @@
     $('detail-worker').replaceChildren(d.worker_id === null || d.worker_id === undefined
       ? el('span', { class: 'faint' }, '—') : `worker ${d.worker_id}`);
     for (const f of ['created', 'scheduled', 'started', 'finished']) $(`detail-${f}`).replaceChildren(timeField(d[`${f}_at`]));
+    // Shown only when set: a unique job's key, and who asked to cancel it while it ran.
+    for (const [cls, value] of [['detail-unique', d.unique_key], ['detail-cancel', d.cancel_requested_by]]) {
+      for (const node of document.querySelectorAll(`.${cls}`)) node.hidden = !value;
+      $(cls).textContent = value || '';
+    }
     fillArgs(d.args || {});
     $('detail-error').replaceChildren(d.last_error
       ? el('pre', { class: 'error-pre' }, d.last_error)

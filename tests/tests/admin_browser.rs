@@ -317,6 +317,7 @@ async fn cancel_a_running_job_from_its_detail() {
         .unwrap_or_else(|e| panic!("a running job on a live worker offers cancel: {e}"));
     browser.click("#cancel").unwrap();
     wait_for_text(&browser, "#detail-status", "cancelled");
+    wait_for_text(&browser, "#detail-cancel", "the admin page");
     browser
         .wait_for(
             &format!(

@@ -498,6 +498,8 @@ async fn show(client: &Client, json: bool, id: i64) -> Result<String, CliError> 
                 ("finished_at", out::opt_string(job.finished_at.as_deref())),
                 ("worker_id", job.worker_id.map_or_else(|| "null".to_owned(), |w| w.to_string())),
                 ("last_error", out::opt_string(job.last_error.as_deref())),
+                ("unique_key", out::opt_string(job.unique_key.as_deref())),
+                ("cancel_requested_by", out::opt_string(job.cancel_requested_by.as_deref())),
             ])
         ));
     }
@@ -526,6 +528,12 @@ async fn show(client: &Client, json: bool, id: i64) -> Result<String, CliError> 
         ("worker_id", job.worker_id.map_or_else(none, |w| w.to_string())),
     ] {
         text.push_str(&format!("{key:<13}{value}\n"));
+    }
+    // Shown only when set: most jobs are not unique, and most are never cancelled while running.
+    for (key, value) in [("unique_key", &job.unique_key), ("cancel_by", &job.cancel_requested_by)] {
+        if let Some(value) = value {
+            text.push_str(&format!("{key:<13}{}\n", out::cell(value)));
+        }
     }
     match &job.last_error {
         None => text.push_str("last_error   -\n"),
