@@ -82,7 +82,7 @@ async fn every_entry_point_answers_with_the_job_that_holds_the_key() {
     .await;
 
     // Operators see the key in the job's detail.
-    let detail = koyo_job::admin::job(&*env.broker.client().await.unwrap(), id.0).await.unwrap().unwrap();
+    let detail = koyo_job::admin::job(&env.broker.client().await.unwrap(), id.0).await.unwrap().unwrap();
     let shown = detail.unique_key.unwrap_or_default();
     assert!(shown.starts_with(refresh(String::new(), 0).name()) && shown.contains(" args:"), "{shown}");
 
