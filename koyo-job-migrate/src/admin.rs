@@ -54,16 +54,10 @@ pub enum AdminError {
 
 impl From<tokio_postgres::Error> for AdminError {
     fn from(error: tokio_postgres::Error) -> Self {
-        use tokio_postgres::error::SqlState;
-        let message = || error.as_db_error().map(|db| db.message().to_owned()).unwrap_or_default();
-        match error.code() {
-            Some(&SqlState::UNDEFINED_TABLE) if message().contains("koyo_") => {
-                AdminError::SchemaMissing(message())
-            }
-            Some(&SqlState::UNDEFINED_COLUMN | &SqlState::UNDEFINED_FUNCTION) => {
-                AdminError::SchemaOutdated(message())
-            }
-            _ => AdminError::Database(error),
+        match crate::schema_problem(&error) {
+            Some(crate::SchemaProblem::Missing(detail)) => AdminError::SchemaMissing(detail),
+            Some(crate::SchemaProblem::Outdated(detail)) => AdminError::SchemaOutdated(detail),
+            None => AdminError::Database(error),
         }
     }
 }
@@ -223,10 +217,13 @@ fn check_queue_and_by(queue: &str, by: &str) -> Result<(), AdminError> {
             queue.escape_debug()
         )));
     }
+    check_by(by)
+}
+
+/// Who acts, as stored beside a pause or a cancel: at most 200 bytes, without NUL.
+fn check_by(by: &str) -> Result<(), AdminError> {
     if by.len() > 200 || by.contains('\0') {
-        return Err(AdminError::Refused(
-            "who paused the queue is said in at most 200 bytes, without NUL".into(),
-        ));
+        return Err(AdminError::Refused("who acts is said in at most 200 bytes, without NUL".into()));
     }
     Ok(())
 }
@@ -589,9 +586,7 @@ pub async fn apply(client: &Client, id: i64, action: Action) -> Result<Applied, 
 /// worker writes it `cancelled` — unless the body still succeeds, or had already ended. The
 /// answer then still says `running`.
 pub async fn apply_as(client: &Client, id: i64, action: Action, by: &str) -> Result<Applied, AdminError> {
-    if by.len() > 200 || by.contains('\0') {
-        return Err(AdminError::Refused("who acts is said in at most 200 bytes, without NUL".into()));
-    }
+    check_by(by)?;
     let states: Vec<&str> = action.states().to_vec();
     let params: [(&(dyn ToSql + Sync), Type); 2] = [(&id, Type::INT8), (&states, Type::TEXT_ARRAY)];
     let rows = match client.query_typed(action.statement(), &params).await {

@@ -346,6 +346,32 @@ pub fn script(schema: Option<&str>) -> Result<String, MigrateError> {
     Ok(out)
 }
 
+/// What a failed statement says about koyo-job's schema, when the statement named only
+/// koyo-job's tables: one of them missing means the database was never migrated (or the
+/// connection's `search_path` does not lead to it), a missing column or function that an older
+/// koyo-job migrated it. The text is the server's message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SchemaProblem {
+    /// koyo-job's tables are not there.
+    Missing(String),
+    /// They are, but older than this build.
+    Outdated(String),
+}
+
+/// Reads a [`SchemaProblem`] from a database error, for the runtime's errors and the operator's
+/// tools alike.
+pub fn schema_problem(error: &tokio_postgres::Error) -> Option<SchemaProblem> {
+    use tokio_postgres::error::SqlState;
+    let message = || error.as_db_error().map(|db| db.message().to_owned()).unwrap_or_default();
+    match error.code()? {
+        &SqlState::UNDEFINED_TABLE if message().contains("koyo_") => Some(SchemaProblem::Missing(message())),
+        &SqlState::UNDEFINED_COLUMN | &SqlState::UNDEFINED_FUNCTION => {
+            Some(SchemaProblem::Outdated(message()))
+        }
+        _ => None,
+    }
+}
+
 /// The highest schema version this build knows: what a database must be migrated to for
 /// this build's runtime to use it.
 pub fn latest_version() -> i32 {

@@ -143,23 +143,31 @@ impl Broker {
         stmt: &sql::Statement,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        let client = self.client().await?;
-        let limit = self.inner.options.statement_timeout;
-        let run = async {
-            if self.inner.options.prepared_statements {
-                let prepared = client.prepare_cached(stmt.sql).await?;
-                client.query(&prepared, params).await
+        let prepared = self.inner.options.prepared_statements;
+        self.within_timeout(async |client| {
+            Ok(if prepared {
+                let statement = client.prepare_cached(stmt.sql).await?;
+                client.query(&statement, params).await?
             } else {
-                query_typed(&client, stmt, params).await
-            }
-        };
-        match tokio::time::timeout(limit, run).await {
-            Ok(rows) => Ok(rows?),
-            Err(_) => {
-                drop(Object::take(client));
-                Err(Error::Timeout(limit))
-            }
-        }
+                query_typed(client, stmt, params).await?
+            })
+        })
+        .await
+    }
+
+    /// Runs `work` on a pooled connection within the statement timeout; past it, the connection
+    /// is discarded (it may still be executing) and the answer is [`Error::Timeout`].
+    async fn within_timeout<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut Object) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut client = self.client().await?;
+        let limit = self.inner.options.statement_timeout;
+        let done = tokio::time::timeout(limit, work(&mut client)).await;
+        done.unwrap_or_else(|_| {
+            drop(Object::take(client));
+            Err(Error::Timeout(limit))
+        })
     }
 
     /// Like [`Broker::query`], for statements that return exactly one row.
@@ -181,8 +189,7 @@ impl Broker {
         let job = job.into_new_job()?;
         if job.unique.is_some() {
             // A unique job's id is the one that holds its key, new or not.
-            let answer = self.enqueue_unique(job).await?;
-            return Ok(answer.id().expect("a stored job has an id"));
+            return Ok(stored_id(self.enqueue_unique(job).await?));
         }
         let params = insert_one_params(&job);
         let mut flight = InFlight::start(self, &job);
@@ -214,6 +221,11 @@ impl Broker {
         if jobs.iter().any(|job| job.unique.is_some()) {
             return Ok(self.enqueue_each(jobs).await?.into_iter().map(stored_id).collect());
         }
+        self.insert_many(jobs).await
+    }
+
+    /// Stores jobs none of which is unique, in one statement ([`sql::INSERT_MANY`]).
+    async fn insert_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>, Error> {
         let batch = Batch::from_jobs(jobs);
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -225,15 +237,7 @@ impl Broker {
 
     /// Stores one unique job, unless a job holding its key exists; says which happened.
     pub(crate) async fn enqueue_unique(&self, job: NewJob) -> Result<Enqueued, Error> {
-        let client = self.client().await?;
-        let limit = self.inner.options.statement_timeout;
-        match tokio::time::timeout(limit, insert_unique(&client, &job)).await {
-            Ok(answer) => answer,
-            Err(_) => {
-                drop(Object::take(client));
-                Err(Error::Timeout(limit))
-            }
-        }
+        self.within_timeout(async |client| insert_unique(client, &job).await).await
     }
 
     /// Stores many jobs like [`Broker::enqueue_many`], in one transaction, and says for each
@@ -245,21 +249,17 @@ impl Broker {
         I::Item: IntoNewJob,
     {
         let jobs = encode_all(jobs)?;
-        let mut client = self.client().await?;
-        let limit = self.inner.options.statement_timeout;
-        let run = async {
+        if jobs.iter().all(|job| job.unique.is_none()) {
+            // One statement stores them all: no transaction needed.
+            return Ok(self.insert_many(jobs).await?.into_iter().map(Enqueued::Created).collect());
+        }
+        self.within_timeout(async |client| {
             let tx = client.transaction().await?;
             let answers = enqueue_each_on(tx.pg_client(), jobs).await?;
             tx.commit().await?;
             Ok(answers)
-        };
-        match tokio::time::timeout(limit, run).await {
-            Ok(answers) => answers,
-            Err(_) => {
-                drop(Object::take(client));
-                Err(Error::Timeout(limit))
-            }
-        }
+        })
+        .await
     }
 }
 

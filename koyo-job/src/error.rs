@@ -191,20 +191,15 @@ fn describe(error: &tokio_postgres::Error) -> String {
 
 impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Self {
-        use tokio_postgres::error::SqlState;
-        let message = || e.as_db_error().map(|db| db.message().to_owned()).unwrap_or_default();
-        match e.code() {
-            Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => Error::ReadOnly(e),
-            // koyo-job's statements name only its own tables: one of them missing means the
-            // database was never migrated (or the search_path does not lead to them) ...
-            Some(&SqlState::UNDEFINED_TABLE) if message().contains("koyo_") => {
-                Error::SchemaMissing { detail: message() }
-            }
-            // ... and a column or function missing, that it was migrated by an older koyo-job.
-            Some(&SqlState::UNDEFINED_COLUMN | &SqlState::UNDEFINED_FUNCTION) => {
-                Error::SchemaOutdated { detail: message() }
-            }
-            _ => Error::Database(e),
+        use koyo_job_migrate::SchemaProblem;
+        if e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) {
+            return Error::ReadOnly(e);
+        }
+        // koyo-job's statements name only its own tables.
+        match koyo_job_migrate::schema_problem(&e) {
+            Some(SchemaProblem::Missing(detail)) => Error::SchemaMissing { detail },
+            Some(SchemaProblem::Outdated(detail)) => Error::SchemaOutdated { detail },
+            None => Error::Database(e),
         }
     }
 }

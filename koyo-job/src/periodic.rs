@@ -162,10 +162,15 @@ impl Periodic {
         self.missed
     }
 
+    /// The job each slot enqueues, as built (not yet tied to a slot).
+    pub(crate) fn job(&self) -> Result<NewJob, Error> {
+        (self.build)()
+    }
+
     /// The job for the slot at `slot`: due at the slot, unique to this schedule and slot in
     /// every state, so that one job stands for the slot however many workers enqueue it.
     pub(crate) fn job_for(&self, slot: time::OffsetDateTime) -> Result<NewJob, Error> {
-        let mut job = (self.build)()?;
+        let mut job = self.job()?;
         let key = format!("periodic {} {}", self.name, slot.unix_timestamp_nanos());
         let every_state = Unique::by_key(key).while_finished(&JobState::ALL);
         job.unique = Some(every_state.to_row()?);

@@ -54,14 +54,11 @@ pub(super) async fn main_loop(
 
     loop {
         if drain_deadline.is_none() && (*stop.borrow() || stop.has_changed().is_err()) {
-            drain_deadline = Some(Instant::now() + shared.settings.shutdown_grace);
+            let deadline = Instant::now() + shared.settings.shutdown_grace;
+            drain_deadline = Some(deadline);
             // Jobs claimed ahead have not started: give them back now, for others to run (within
             // the grace: the database may be what is failing).
-            let _ = tokio::time::timeout_at(
-                drain_deadline.unwrap_or_else(far_future),
-                release_prefetched(&shared),
-            )
-            .await;
+            let _ = tokio::time::timeout_at(deadline, release_prefetched(&shared)).await;
         }
         let draining = drain_deadline.is_some();
         if draining && shared.slots.available_permits() == pool {
@@ -123,7 +120,7 @@ pub(super) async fn main_loop(
             _ = tokio::time::sleep_until(wait_drain), if draining => break,
             _ = tokio::time::sleep_until(next_tick) => {
                 next_tick = Instant::now() + shared.settings.poll_interval;
-                let _ = tokio::time::timeout_at(tick_by, tick(&shared, Tick::Periodic(ticks), &mut may_have_work, &mut next_due, &mut tick_log)).await;
+                tick(&shared, Tick::Periodic(ticks), tick_by, &mut may_have_work, &mut next_due, &mut tick_log).await;
                 ticks += 1;
                 if !unserved_checked && started.elapsed() >= served::CHECK_AFTER {
                     unserved_checked = true;
@@ -131,10 +128,10 @@ pub(super) async fn main_loop(
                 }
             }
             _ = tokio::time::sleep_until(wait_due), if next_due.is_some() => {
-                let _ = tokio::time::timeout_at(tick_by, tick(&shared, Tick::Extra, &mut may_have_work, &mut next_due, &mut tick_log)).await;
+                tick(&shared, Tick::Extra, tick_by, &mut may_have_work, &mut next_due, &mut tick_log).await;
             }
             _ = shared.tick_soon.notified() => {
-                let _ = tokio::time::timeout_at(tick_by, tick(&shared, Tick::Extra, &mut may_have_work, &mut next_due, &mut tick_log)).await;
+                tick(&shared, Tick::Extra, tick_by, &mut may_have_work, &mut next_due, &mut tick_log).await;
             }
         }
     }

@@ -91,7 +91,7 @@ async fn register(
 ) -> Result<(OffsetDateTime, Vec<Option<OffsetDateTime>>), Error> {
     let mut columns: [Vec<String>; 6] = Default::default();
     for periodic in schedules {
-        let job = periodic.job_for(OffsetDateTime::UNIX_EPOCH)?;
+        let job = periodic.job()?;
         let values = [
             periodic.name().to_owned(),
             job.name.to_owned(),

@@ -24,8 +24,8 @@ use crate::telemetry;
 #[derive(Debug)]
 pub(super) enum Verdict {
     Done,
-    /// Back to `ready` (delay 0) or `scheduled`, or to `failed`; `adjust` is -1 when the
-    /// attempt must not count.
+    /// Back to `ready` (delay 0) or `scheduled`, or to `failed` or `cancelled`; `adjust` is -1
+    /// when the attempt must not count.
     Unsuccessful {
         status: &'static str,
         delay: Duration,

@@ -25,9 +25,12 @@ impl Tick {
 }
 
 /// One round trip of housekeeping; see [`sql::TICK`].
+/// Gives up at `by` (the end of the shutdown grace, while draining), so that a tick on a hung
+/// database cannot hold shutdown past it.
 pub(super) async fn tick(
     shared: &Shared,
     which: Tick,
+    by: Instant,
     may_have_work: &mut bool,
     next_due: &mut Option<Instant>,
     log: &mut QuietLog,
@@ -36,7 +39,10 @@ pub(super) async fn tick(
         Tick::Periodic(n) => (true, n % Tick::SAMPLE_EVERY == 0),
         Tick::Extra => (false, false),
     };
-    match try_tick(shared, rescue, sample).await {
+    let Ok(answer) = tokio::time::timeout_at(by, try_tick(shared, rescue, sample)).await else {
+        return;
+    };
+    match answer {
         Ok(report) => {
             *may_have_work |= report.ready || report.promoted > 0;
             *next_due = report.next_due_secs.map(|secs| {
