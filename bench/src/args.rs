@@ -2,8 +2,19 @@
 
 use std::path::PathBuf;
 
-pub const WORKLOADS: [&str; 8] =
-    ["enqueue", "enqueue16", "bulk", "drain", "latency", "history", "idle", "memory"];
+pub const WORKLOADS: [&str; 11] = [
+    "enqueue",
+    "enqueue16",
+    "bulk",
+    "drain",
+    "latency",
+    "history",
+    "idle",
+    "memory",
+    "fleet",
+    "wal",
+    "limits",
+];
 
 pub const USAGE: &str = "\
 koyo-job-bench: koyo-job next to raw-SQL baselines measured in the same run
@@ -15,17 +26,28 @@ usage: cargo run --release -p koyo-job-bench -- [flags]
   --clients C         concurrent enqueuers sharing one broker for `enqueue16` (default 16)
   --pool1-jobs N      jobs for the pool_size 1 drain and its per-job baseline (default jobs/10)
   --history-rows N    finished rows, and again future-scheduled rows, for `history` (default 1000000)
-  --latency-jobs N    jobs enqueued 5 ms apart for `latency` (default 500)
+  --latency-jobs N    jobs enqueued 10 ms apart per measurement of `latency` (default 2000)
+  --latency-rounds R  rounds of `latency`, each koyo-job and the raw loop, idle and loaded (default 3)
+  --load-threads T    busy threads that load the CPUs in the loaded half of `latency`; 0 skips it
+                      (default: one per CPU)
   --idle-secs S       length of the idle window (default 30)
   --pools P[,P…]      worker pool sizes for `drain` (default 1,16,64)
-  --prefetch F[,F…]   run each in-process pool_size >1 drain (and the zero-retention one) once
+  --prefetch F[,F…]   run each in-process drain (and the zero-retention one) once
                       per value of the worker's prefetch setting (a number, or `default`), runs
                       alternating, side by side (default: the worker's default only)
   --processes P       worker processes (pool_size 16 each) for `drain`; 0 skips it (default 2)
+  --fleet P[,P…]      worker processes (pool_size 16 each) per step of `fleet`, which drains
+                      --jobs no-op jobs, then --jobs 1 ms jobs, on a private durable cluster
+                      (default 1,2,4,8)
+  --wal-jobs N        jobs per measurement of `wal`: WAL bytes and server CPU per job of each
+                      step of a job's life, koyo-job and raw SQL, on a private cluster (default 20000)
+  --fillfactor F      an experiment: ALTER TABLE koyo_jobs SET (fillfactor = F) after migrating,
+                      in the benchmark's database and in the private clusters of `fleet` and `wal`
   --no-raw            skip the raw drain bounds (rows then have no ratio; for quick comparisons)
   --repeat R          run each throughput measurement R times and keep the median (default 1)
-  --only W[,W…]       run only these workloads: enqueue, enqueue16, bulk, drain, latency, history, idle, memory
-  --quick             a ~30 s smoke run: jobs 10000, history 100000, idle 5 s
+  --only W[,W…]       run only these workloads: enqueue, enqueue16, bulk, drain, latency, history,
+                      idle, memory, fleet, wal, limits
+  --quick             a smoke run: jobs 10000, history 100000, idle 5 s, latency 300 jobs × 1 round
   --svg PATH          also write a bar chart of the ratios as SVG
   -h, --help          this text
 
@@ -41,12 +63,21 @@ pub struct Args {
     pub pool1_jobs: u64,
     pub history_rows: u64,
     pub latency_jobs: u64,
+    pub latency_rounds: usize,
+    /// Busy threads for the loaded half of `latency` (0: idle only).
+    pub load_threads: usize,
     pub idle_secs: f64,
     pub repeat: usize,
     pub pools: Vec<usize>,
     /// Prefetch settings to compare; `None` is the worker's default.
     pub prefetch: Vec<Option<usize>>,
     pub processes: usize,
+    /// Worker processes per step of `fleet`.
+    pub fleet: Vec<usize>,
+    pub wal_jobs: u64,
+    /// An experiment: `ALTER TABLE koyo_jobs SET (fillfactor = N)` after migrating, in every
+    /// database the benchmark creates.
+    pub fillfactor: Option<u64>,
     pub no_raw: bool,
     pub only: Vec<String>,
     pub quick: bool,
@@ -61,7 +92,7 @@ impl Args {
 
 /// What the process was asked to do.
 pub enum Command {
-    Bench(Args),
+    Bench(Box<Args>),
     /// The hidden mode the benchmark re-executes itself in to run a worker process.
     WorkerProcess {
         pool_size: usize,
@@ -76,11 +107,16 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Command, String> 
     let mut pool1_jobs = None;
     let mut history_rows = None;
     let mut latency_jobs = None;
+    let mut latency_rounds = None;
+    let mut load_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut idle_secs = None;
     let mut repeat = 1;
     let mut pools = vec![1, 16, 64];
     let mut prefetch = vec![None];
     let mut processes = 2;
+    let mut fleet = vec![1, 2, 4, 8];
+    let mut wal_jobs = None;
+    let mut fillfactor = None;
     let mut no_raw = false;
     let mut only = Vec::new();
     let mut quick = false;
@@ -112,6 +148,14 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--pool1-jobs" => pool1_jobs = Some(number("--pool1-jobs", value("--pool1-jobs")?)?),
             "--history-rows" => history_rows = Some(number("--history-rows", value("--history-rows")?)?),
             "--latency-jobs" => latency_jobs = Some(number("--latency-jobs", value("--latency-jobs")?)?),
+            "--latency-rounds" => {
+                latency_rounds = Some(number("--latency-rounds", value("--latency-rounds")?)? as usize)
+            }
+            "--load-threads" => {
+                let text = value("--load-threads")?;
+                load_threads =
+                    text.parse().map_err(|_| format!("--load-threads takes a whole number, not {text:?}"))?;
+            }
             "--idle-secs" => {
                 let text = value("--idle-secs")?;
                 idle_secs = Some(
@@ -163,6 +207,16 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Command, String> 
                 processes =
                     text.parse().map_err(|_| format!("--processes takes a whole number, not {text:?}"))?;
             }
+            "--fleet" => {
+                fleet = value("--fleet")?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| number("--fleet", p.to_owned()).map(|n| n as usize))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--wal-jobs" => wal_jobs = Some(number("--wal-jobs", value("--wal-jobs")?)?),
+            "--fillfactor" => fillfactor = Some(number("--fillfactor", value("--fillfactor")?)?),
             "--no-raw" => no_raw = true,
             "--quick" => quick = true,
             "--svg" => svg = Some(PathBuf::from(value("--svg")?)),
@@ -175,21 +229,26 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Command, String> 
         return Ok(Command::WorkerProcess { pool_size });
     }
     let jobs = jobs.unwrap_or(if quick { 10_000 } else { 100_000 });
-    Ok(Command::Bench(Args {
+    Ok(Command::Bench(Box::new(Args {
         jobs,
         enqueue_jobs: enqueue_jobs.unwrap_or((jobs / 10).max(100)),
         clients,
         pool1_jobs: pool1_jobs.unwrap_or((jobs / 10).max(100)),
         history_rows: history_rows.unwrap_or(if quick { 100_000 } else { 1_000_000 }),
-        latency_jobs: latency_jobs.unwrap_or(500),
+        latency_jobs: latency_jobs.unwrap_or(if quick { 300 } else { 2000 }),
+        latency_rounds: latency_rounds.unwrap_or(if quick { 1 } else { 3 }),
+        load_threads,
         idle_secs: idle_secs.unwrap_or(if quick { 5.0 } else { 30.0 }),
         repeat,
         pools,
         prefetch,
         processes,
+        fleet,
+        wal_jobs: wal_jobs.unwrap_or(if quick { 5_000 } else { 20_000 }),
+        fillfactor,
         no_raw,
         only,
         quick,
         svg,
-    }))
+    })))
 }

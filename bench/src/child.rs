@@ -3,7 +3,7 @@
 //!
 //! Protocol on stdin/stdout, one line each: the child connects and prints `ready`; on `go` it
 //! starts its worker and prints `started`; on `stop` (or end of input) it shuts the worker down
-//! and prints one result line, `result executed=N hwm_kb=N rss_kb=N peak_sampled_kb=N
+//! and prints one result line, `result executed=N cpu_ms=N hwm_kb=N rss_kb=N peak_sampled_kb=N
 //! samples_kb=a,b,c`, then exits.
 
 use std::process::Stdio;
@@ -63,8 +63,9 @@ pub async fn run(pool_size: usize) -> Res<()> {
     sampler.abort();
     let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
     let line = format!(
-        "result executed={} hwm_kb={} rss_kb={} peak_sampled_kb={} samples_kb={}\n",
+        "result executed={} cpu_ms={} hwm_kb={} rss_kb={} peak_sampled_kb={} samples_kb={}\n",
         jobs::executed(),
+        (crate::cluster::own_cpu() * 1000.0) as u64,
         status_kb("VmHWM:").unwrap_or(0),
         status_kb("VmRSS:").unwrap_or(0),
         samples.iter().max().copied().unwrap_or(0),
@@ -93,6 +94,8 @@ pub struct WorkerProcess {
 #[derive(Clone, Debug, Default)]
 pub struct ChildReport {
     pub executed: u64,
+    /// CPU time of the whole process (`utime + stime`), milliseconds.
+    pub cpu_ms: u64,
     pub hwm_kb: u64,
     pub rss_kb: u64,
     pub samples_kb: Vec<u64>,
@@ -160,6 +163,7 @@ fn parse_report(line: &str) -> Res<ChildReport> {
         let number = |v: &str| v.parse::<u64>().map_err(|e| Error::from(format!("{key}: {e}")));
         match key {
             "executed" => report.executed = number(value)?,
+            "cpu_ms" => report.cpu_ms = number(value)?,
             "hwm_kb" => report.hwm_kb = number(value)?,
             "rss_kb" => report.rss_kb = number(value)?,
             "samples_kb" => {

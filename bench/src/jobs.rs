@@ -16,6 +16,13 @@ async fn bench_noop() {
     EXECUTED.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Short real work: sleeps 1 ms, then counts itself (the `fleet` workload's second half).
+#[koyo_job::define_job]
+async fn bench_sleep() {
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    EXECUTED.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Records when its body started (the latency workload).
 #[koyo_job::define_job]
 async fn bench_ping(seq: u32) {
@@ -24,6 +31,17 @@ async fn bench_ping(seq: u32) {
     if let Some(slot) = starts.get_mut(seq as usize) {
         slot.get_or_insert(now);
     }
+}
+
+/// The raw loop's ping in the latency workload: the same job on a queue no koyo-job worker
+/// serves (its body never runs).
+#[koyo_job::define_job(queue = "bench_raw")]
+async fn bench_raw_ping(seq: u32) {
+    let _ = seq;
+}
+
+pub fn raw_ping(seq: u32) -> koyo_job::Job<(u32,)> {
+    bench_raw_ping(seq)
 }
 
 /// The stored name of the no-op job (the `job` column).
@@ -36,6 +54,11 @@ pub fn noop_queue() -> &'static str {
     bench_noop().queue()
 }
 
+/// The stored name of the 1 ms job.
+pub fn sleep_name() -> &'static str {
+    bench_sleep().name()
+}
+
 pub fn noop() -> koyo_job::Job<()> {
     bench_noop()
 }
@@ -46,4 +69,27 @@ pub fn ping(seq: u32) -> koyo_job::Job<(u32,)> {
 
 pub fn executed() -> u64 {
     EXECUTED.load(Ordering::Relaxed)
+}
+
+/// Works 20 ms, on the queue the `limits` workload limits.
+#[koyo_job::define_job(queue = "bench_limited")]
+async fn bench_work20() {
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+}
+
+/// Does nothing, on the queue the `limits` workload limits.
+#[koyo_job::define_job(queue = "bench_limited")]
+async fn bench_work0() {}
+
+/// The queue of the `limits` workload's jobs.
+pub fn work20_queue() -> &'static str {
+    bench_work20().queue()
+}
+
+pub fn work20_name() -> &'static str {
+    bench_work20().name()
+}
+
+pub fn work0_name() -> &'static str {
+    bench_work0().name()
 }

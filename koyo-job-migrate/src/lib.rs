@@ -47,6 +47,7 @@ pub use tokio_postgres;
 
 use std::fmt;
 
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, IsolationLevel};
 
 /// One step of koyo-job's schema: a numbered SQL script applied at most once per database.
@@ -103,6 +104,17 @@ pub static MIGRATIONS: &[Migration] = &[
         name: "cancel_running",
         sql: include_str!("../migrations/008_cancel_running.up.sql"),
     },
+    Migration {
+        version: 9,
+        name: "queue_limits",
+        sql: include_str!("../migrations/009_queue_limits.up.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "attempt_history",
+        sql: include_str!("../migrations/010_attempt_history.up.sql"),
+    },
+    Migration { version: 11, name: "fillfactor", sql: include_str!("../migrations/011_fillfactor.up.sql") },
 ];
 
 /// The key of the transaction-level advisory lock that serialises migrations ("koyo_job" in
@@ -210,6 +222,10 @@ pub enum MigrateError {
 /// With `schema`, the tables are created in that PostgreSQL schema (created if missing); see
 /// the [crate documentation](crate#keeping-the-tables-in-their-own-postgresql-schema) for how
 /// the runtime then finds them.
+///
+/// Every statement is sent unnamed (or, for the migration scripts, through the simple
+/// protocol): no prepared statement is kept on the connection, which may be a pooler's, such as
+/// PgBouncer's in transaction mode. [`status`] and the [`admin`] queries do the same.
 pub async fn migrate(client: &mut Client, schema: Option<&str>) -> Result<Report, MigrateError> {
     let schema = schema.map(validate_schema).transpose()?;
 
@@ -222,23 +238,33 @@ pub async fn migrate(client: &mut Client, schema: Option<&str>) -> Result<Report
         .start()
         .await
         .map_err(MigrateError::Lock)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await.map_err(MigrateError::Lock)?;
+    // Every statement goes unnamed (`query_typed`, or the simple protocol for the scripts): no
+    // prepared statement is left on the connection, which may be a pooler's (PgBouncer in
+    // transaction mode hands each transaction a server connection of its own choosing).
+    tx.query_typed("SELECT pg_advisory_xact_lock($1)", &[(&LOCK_KEY, Type::INT8)])
+        .await
+        .map_err(MigrateError::Lock)?;
 
     if let Some(schema) = schema {
         let schema_error = |source| MigrateError::Schema { schema: schema.to_owned(), source };
         // The server quotes the identifier (`%I`), so no user input is ever spliced into SQL here.
         let create: String = tx
-            .query_one("SELECT format('CREATE SCHEMA IF NOT EXISTS %I', $1::text)", &[&schema])
+            .query_typed_one(
+                "SELECT format('CREATE SCHEMA IF NOT EXISTS %I', $1::text)",
+                &[(&schema, Type::TEXT)],
+            )
             .await
             .map_err(schema_error)?
             .get(0);
         tx.batch_execute(&create).await.map_err(schema_error)?;
-        tx.execute("SELECT set_config('search_path', $1, true)", &[&schema]).await.map_err(schema_error)?;
+        tx.query_typed("SELECT set_config('search_path', $1, true)", &[(&schema, Type::TEXT)])
+            .await
+            .map_err(schema_error)?;
     }
 
     tx.batch_execute(CREATE_VERSION_TABLE).await.map_err(MigrateError::Versions)?;
     let done: Vec<i32> = tx
-        .query("SELECT version FROM koyo_job_migrations ORDER BY version", &[])
+        .query_typed("SELECT version FROM koyo_job_migrations ORDER BY version", &[])
         .await
         .map_err(MigrateError::Versions)?
         .iter()
@@ -255,9 +281,9 @@ pub async fn migrate(client: &mut Client, schema: Option<&str>) -> Result<Report
         let apply_error =
             |source| MigrateError::Apply { version: migration.version, name: migration.name, source };
         tx.batch_execute(migration.sql).await.map_err(apply_error)?;
-        tx.execute(
+        tx.query_typed(
             "INSERT INTO koyo_job_migrations (version, name) VALUES ($1, $2)",
-            &[&migration.version, &migration.name],
+            &[(&migration.version, Type::INT4), (&migration.name, Type::TEXT)],
         )
         .await
         .map_err(apply_error)?;
@@ -280,13 +306,15 @@ pub async fn status(client: &Client, schema: Option<&str>) -> Result<Status, Mig
 
     // Both the table lookup and the SELECT are built by the server (`to_regclass`, `%s` of a
     // regclass prints a correctly quoted name), so the schema name is never spliced in by us.
+    // Unnamed statements only, like `migrate`: `status` runs outside a transaction, where a
+    // pooler may send each statement to another server connection.
     let select: Option<String> = client
-        .query_opt(
+        .query_typed_opt(
             "SELECT format('SELECT version FROM %s ORDER BY version', t)
                FROM to_regclass(CASE WHEN $1::text IS NULL THEN 'koyo_job_migrations'
                                      ELSE format('%I.koyo_job_migrations', $1::text) END) AS t
               WHERE t IS NOT NULL",
-            &[&schema],
+            &[(&schema, Type::TEXT)],
         )
         .await
         .map_err(MigrateError::Versions)?
@@ -294,7 +322,7 @@ pub async fn status(client: &Client, schema: Option<&str>) -> Result<Status, Mig
 
     let done: Vec<i32> = match select {
         Some(select) => client
-            .query(&select, &[])
+            .query_typed(&select, &[])
             .await
             .map_err(MigrateError::Versions)?
             .iter()
@@ -449,6 +477,17 @@ mod tests {
     #[test]
     fn script_rejects_an_invalid_schema() {
         assert!(matches!(script(Some("x\"; DROP TABLE y; --")), Err(MigrateError::InvalidSchema { .. })));
+    }
+
+    #[test]
+    fn the_attempt_log_bounds_agree_between_the_schema_and_its_writers() {
+        let pushed = crate::attempt_log_push!("true", "'retry'", "'e'", "now()");
+        let max = crate::admin::ATTEMPT_LOG_MAX;
+        assert!(pushed.contains(&format!(">= {max} THEN j.attempt_log - 0")), "{pushed}");
+        assert!(pushed.contains("2048))"), "{pushed}");
+        assert_eq!(crate::admin::ATTEMPT_LOG_ERROR_CHARS, 2048);
+        let migration = MIGRATIONS.iter().find(|m| m.name == "attempt_history").unwrap();
+        assert!(migration.sql.contains(&format!("jsonb_array_length(attempt_log) <= {max}")));
     }
 
     #[test]

@@ -321,7 +321,7 @@ async fn queues_counts_jobs_per_state_and_measures_the_lag() {
     assert_eq!(&mail[..7], ["mail", "0", "2", "1", "0", "1", "0"], "{table}");
     assert!(mail[7].starts_with("2m0"), "lag of the oldest ready job: {table}");
     let reports: Vec<&str> = lines[2].split_whitespace().collect();
-    assert_eq!(reports, ["reports", "1", "0", "0", "1", "0", "0", "-"], "{table}");
+    assert_eq!(reports, ["reports", "1", "0", "0", "1", "0", "0", "-", "-"], "{table}");
 
     let doc = json(&f.run(&["queues", "--json"]));
     let queues = doc.get("queues").items();
@@ -423,6 +423,68 @@ async fn show_gives_every_column_but_the_arguments_and_escapes_the_error() {
 
     fails(&f.run(&["show", "999999"]), 4, "no job with id 999999");
     fails(&f.run(&["show", "9223372036854775807", "--json"]), 4, "no job with id");
+}
+
+#[tokio::test]
+async fn show_prints_the_attempts_oldest_first_and_jobs_their_duration() {
+    let f = Fixture::new().await;
+    let worker = f.worker("host-b", 77, &["mail"]).await;
+    let id = f.job("mail", "failed", 3, 3, -1.0, Some(1.0), Some(worker), Some("final boom")).await;
+    f.client
+        .execute(
+            "UPDATE koyo_jobs SET started_at = finished_at - interval '1500 milliseconds', attempt_log_dropped = 2,
+                 attempt_log = jsonb_build_array(
+                     jsonb_build_object('attempt', 1, 'worker_id', $2::int8, 'hostname', 'host-b',
+                                        'started_at', now() - interval '70 seconds',
+                                        'ended_at', now() - interval '65 seconds',
+                                        'outcome', 'retry', 'error', E'first line\nsecond line \x1b[31m'),
+                     jsonb_build_object('attempt', 2, 'worker_id', 12, 'hostname', NULL,
+                                        'started_at', now() - interval '40 seconds',
+                                        'ended_at', now() - interval '10 seconds',
+                                        'outcome', 'lost', 'error', 'worker 12 was lost during attempt 2'))
+             WHERE id = $1",
+            &[&id, &worker],
+        )
+        .await
+        .unwrap();
+
+    let text = ok(&f.run(&["show", &id.to_string()]));
+    let history = &text[text.find("history").unwrap_or_else(|| panic!("no history in {text}"))..];
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines[0], "history      (2 earlier attempt(s) not kept)", "{text}");
+    assert!(lines[1].trim_start().starts_with("ATTEMPT  OUTCOME  WORKER"), "{text}");
+    let rows: Vec<Vec<&str>> = lines[2..].iter().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    let w = worker.to_string();
+    assert_eq!(rows[0][..4], ["1", "retry", w.as_str(), "(host-b)"], "{text}");
+    assert_eq!(rows[0][6..], ["5.0s", "first", "line"], "only the first line of an error: {text}");
+    assert_eq!(rows[1][..3], ["2", "lost", "12"], "{text}");
+    assert_eq!(rows[1][5], "30.0s", "{text}");
+    assert_eq!(rows[2][..4], ["3", "failed", w.as_str(), "(host-b)"], "{text}");
+    assert_eq!(rows[2][6..], ["1.5s", "final", "boom"], "{text}");
+    assert!(!text.contains('\u{1b}'), "{text}");
+
+    let doc = json(&f.run(&["show", &id.to_string(), "--json"]));
+    assert_eq!(doc.get("history_dropped").num(), 2.0);
+    let attempts = doc.get("history").items();
+    let outcomes: Vec<(f64, &str)> =
+        attempts.iter().map(|a| (a.get("attempt").num(), a.get("outcome").str())).collect();
+    assert_eq!(outcomes, [(1.0, "retry"), (2.0, "lost"), (3.0, "failed")]);
+    assert_eq!(attempts[0].get("error").str(), "first line\nsecond line \u{1b}[31m");
+    assert_eq!(attempts[1].get("hostname"), &Json::Null);
+    assert_eq!(attempts[2].get("duration_secs").num(), 1.5);
+    assert!(attempts[2].get("ended_at").str().ends_with('Z'));
+
+    // A job that never ran has no attempts and no duration.
+    let waiting = f.job("mail", "ready", 0, 3, -1.0, None, None, None).await;
+    let text = ok(&f.run(&["show", &waiting.to_string()]));
+    assert!(text.ends_with("history\n  not started yet\n"), "{text}");
+    let table = ok(&f.run(&["jobs"]));
+    assert!(table.lines().next().unwrap().contains("ATTEMPTS  DURATION"), "{table}");
+    let listed = json(&f.run(&["jobs", "--json"]));
+    let durations: Vec<(f64, &Json)> =
+        listed.get("jobs").items().iter().map(|j| (j.get("id").num(), j.get("duration_secs"))).collect();
+    assert_eq!(durations, [(waiting as f64, &Json::Null), (id as f64, &Json::Number(1.5))]);
 }
 
 /// Collects the payloads of `koyo_jobs` notifications on a connection of its own.
@@ -797,4 +859,43 @@ async fn a_job_whose_worker_is_lost_can_be_retried_cancelled_or_deleted() {
     assert_eq!(f.state(of_gone).await.0, "cancelled");
     ok(&f.run(&["delete", &third.to_string()]));
     assert_eq!(f.count().await, 2);
+}
+
+#[tokio::test]
+async fn limit_sets_shows_and_clears_a_queue_s_fleet_wide_limits() {
+    let f = Fixture::new().await;
+    f.job("mail", "ready", 0, 20, 0.0, None, None, None).await;
+    assert_eq!(ok(&f.run(&["limit", "mail"])), "mail: no limits\n");
+    assert_eq!(ok(&f.run(&["limit", "mail", "--max-running", "5"])), "mail: at most 5 running\n");
+    // An option left out keeps its limit.
+    let both = ok(&f.run(&["limit", "mail", "--rate", "100/1m"]));
+    assert!(both.starts_with("mail: at most 5 running, at most 100 starts per 1m"), "{both}");
+    let table = ok(&f.run(&["queues"]));
+    assert!(
+        table.contains("LIMITS") && table.contains("at most 5 running, at most 100 starts per"),
+        "{table}"
+    );
+    let doc = json(&f.run(&["queues", "--json"]));
+    let mail = &doc.get("queues").items()[0];
+    assert_eq!(mail.get("max_running").num(), 5.0);
+    assert_eq!(mail.get("rate_limit").num(), 100.0);
+    assert_eq!(mail.get("rate_period_secs").num(), 60.0);
+    let doc = json(&f.run(&["limit", "mail", "--max-running", "none", "--json"]));
+    assert_eq!(doc.get("max_running"), &Json::Null);
+    assert_eq!(doc.get("rate_limit").num(), 100.0);
+    assert_eq!(ok(&f.run(&["limit", "mail", "--rate", "none"])), "mail: no limits\n");
+    for (args, message) in [
+        (&["limit", "mail", "--max-running", "0"][..], "invalid --max-running"),
+        (&["limit", "mail", "--max-running", "many"], "invalid --max-running"),
+        (&["limit", "mail", "--rate", "10"], "invalid --rate"),
+        (&["limit", "mail", "--rate", "0/1m"], "invalid --rate"),
+        (&["limit", "mail", "--rate", "10/0s"], "invalid --rate"),
+        (&["limit", "mail", "--rate", "10/400d"], "invalid --rate"),
+        (&["limit", "no spaces", "--max-running", "1"], "invalid queue name"),
+        (&["limit"], "`limit` needs a queue name"),
+        (&["pause", "mail", "--max-running", "1"], "`pause` does not take --max-running"),
+    ] {
+        fails(&f.run(args), 2, message);
+    }
+    assert_eq!(ok(&f.run(&["limit", "mail"])), "mail: no limits\n");
 }

@@ -257,3 +257,196 @@ async fn a_database_at_version_1_with_rows_upgrades_in_place() {
     let bad = client.execute("UPDATE koyo_jobs SET queue = 'no spaces allowed'", &[]).await.unwrap_err();
     assert_eq!(bad.as_db_error().and_then(|e| e.constraint()), Some("koyo_jobs_queue_check"));
 }
+
+/// Version 10 (attempt history) on a table full of jobs: the table is not rewritten nor read
+/// under its lock (two nullable columns, a constraint added `NOT VALID`), its rows read back
+/// with a timeline from their own columns, and the log's bound holds for every row written after.
+#[tokio::test]
+async fn a_populated_database_at_version_9_gains_attempt_history_in_place() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut client = connect(db.config()).await;
+    let before: Vec<_> = MIGRATIONS.iter().filter(|m| m.version < 10).collect();
+    let mut setup = String::new();
+    for migration in &before {
+        setup.push_str(migration.sql);
+        setup.push('\n');
+    }
+    setup.push_str(
+        "CREATE TABLE koyo_job_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                                           applied_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO koyo_jobs (queue, job, args, status, attempts, started_at, finished_at, worker_id, last_error)
+         SELECT 'mail', 'app::send', '\\x01', 'failed', 3, now() - interval '90 seconds', now() - interval '30 seconds',
+                7, 'boom ' || n
+         FROM generate_series(1, 20000) AS n;
+         INSERT INTO koyo_jobs (queue, job, args) SELECT 'mail', 'app::send', '\\x02' FROM generate_series(1, 20000);",
+    );
+    client.batch_execute(&setup).await.unwrap();
+    for migration in &before {
+        client
+            .execute(
+                "INSERT INTO koyo_job_migrations (version, name) VALUES ($1, $2)",
+                &[&migration.version, &migration.name],
+            )
+            .await
+            .unwrap();
+    }
+    let file = "SELECT pg_relation_filenode('koyo_jobs')::int8";
+    let file_before: i64 = client.query_one(file, &[]).await.unwrap().get(0);
+
+    let report = migrate(&mut client, None).await.unwrap();
+    assert_eq!(report.applied.first(), Some(&10), "{report:?}");
+    let file_after: i64 = client.query_one(file, &[]).await.unwrap().get(0);
+    assert_eq!(file_before, file_after, "the table was not rewritten");
+    let validated: bool = client
+        .query_one(
+            "SELECT convalidated FROM pg_constraint WHERE conname = 'koyo_jobs_attempt_log_check'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!validated, "added NOT VALID: the existing rows (all NULL) were not read under the lock");
+    let logged: i64 = client
+        .query_one(
+            "SELECT count(*) FROM koyo_jobs WHERE attempt_log IS NOT NULL OR attempt_log_dropped IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 0);
+
+    // An old failed job's timeline is its last attempt, from its own columns.
+    let id: i64 = client.query_one("SELECT min(id) FROM koyo_jobs", &[]).await.unwrap().get(0);
+    let job = koyo_job_migrate::admin::job(&client, id).await.unwrap().unwrap();
+    assert_eq!(job.history_dropped, 0);
+    assert_eq!(job.history.len(), 1, "{:?}", job.history);
+    let last = &job.history[0];
+    assert_eq!((last.attempt, last.outcome.as_str(), last.error.as_deref()), (3, "failed", Some("boom 1")));
+    assert_eq!(last.worker_id, Some(7));
+    assert!(last.duration_secs.is_some_and(|d| (d - 60.0).abs() < 1.0), "{last:?}");
+
+    // New writes are checked: at most 25 entries, a count that is not negative.
+    let write = async |log: &str, dropped: i32| {
+        client
+            .execute(
+                "UPDATE koyo_jobs SET attempt_log = $2::text::jsonb, attempt_log_dropped = $3 WHERE id = $1",
+                &[&id, &log, &dropped],
+            )
+            .await
+            .map_err(|e| e.as_db_error().and_then(|d| d.constraint().map(str::to_owned)))
+    };
+    let entries = |n: usize| format!("[{}]", vec!["{}"; n].join(","));
+    assert_eq!(write(&entries(25), 4).await, Ok(1));
+    for (log, dropped) in [(entries(26), 0), (entries(1), -1), ("{}".to_owned(), 0)] {
+        assert_eq!(
+            write(&log, dropped).await,
+            Err(Some("koyo_jobs_attempt_log_check".to_owned())),
+            "{log} {dropped}"
+        );
+    }
+}
+
+/// Version 9 (queue limits) on a database with jobs and paused queues: `koyo_queues` is not
+/// rewritten (nullable columns, and arrays with a constant default), a pause stays, and no
+/// queue has a limit until an operator sets one.
+#[tokio::test]
+async fn a_populated_database_at_version_8_gains_queue_limits_in_place() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut client = connect(db.config()).await;
+    let before: Vec<_> = MIGRATIONS.iter().filter(|m| m.version < 9).collect();
+    let mut setup = String::new();
+    for migration in &before {
+        setup.push_str(migration.sql);
+        setup.push('\n');
+    }
+    setup.push_str(
+        "CREATE TABLE koyo_job_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                                           applied_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO koyo_jobs (queue, job, args) SELECT 'q' || (n % 50), 'app::send', '\\x02' FROM generate_series(1, 20000) AS n;
+         INSERT INTO koyo_queues (queue, paused_at, paused_by) SELECT 'q' || n, now(), 'ops' FROM generate_series(1, 10) AS n;",
+    );
+    client.batch_execute(&setup).await.unwrap();
+    for migration in &before {
+        client
+            .execute(
+                "INSERT INTO koyo_job_migrations (version, name) VALUES ($1, $2)",
+                &[&migration.version, &migration.name],
+            )
+            .await
+            .unwrap();
+    }
+    let file = "SELECT pg_relation_filenode('koyo_queues')::int8, pg_relation_filenode('koyo_jobs')::int8";
+    let row = client.query_one(file, &[]).await.unwrap();
+    let before_files: (i64, i64) = (row.get(0), row.get(1));
+
+    let report = migrate(&mut client, None).await.unwrap();
+    assert_eq!(report.applied.first(), Some(&9), "{report:?}");
+    let row = client.query_one(file, &[]).await.unwrap();
+    assert_eq!(before_files, (row.get(0), row.get(1)), "neither table was rewritten");
+    let queues = koyo_job_migrate::admin::queues(&client).await.unwrap();
+    assert_eq!(queues.len(), 50);
+    let paused: Vec<_> = queues.iter().filter(|q| q.paused_at.is_some()).collect();
+    assert_eq!(paused.len(), 10);
+    assert!(queues.iter().all(|q| !q.limits.any()), "no limits until set");
+    let limits = koyo_job_migrate::admin::QueueLimits { max_running: Some(2), ..Default::default() };
+    let set = koyo_job_migrate::admin::set_limits(&client, "q1", &limits, "ops").await.unwrap();
+    assert_eq!(set, limits);
+    // The table refuses a half-set rate, whoever writes it.
+    let bad =
+        client.execute("UPDATE koyo_queues SET rate_limit = 5 WHERE queue = 'q2'", &[]).await.unwrap_err();
+    assert_eq!(bad.as_db_error().and_then(|e| e.constraint()), Some("koyo_queues_rate_check"));
+}
+
+/// Version 12 (fillfactor) on a table full of jobs: the setting is stored without rewriting the
+/// table, and the rows written before stay where they were.
+#[tokio::test]
+async fn a_populated_database_gains_room_for_updates_in_place() {
+    let db = TestDatabase::create().await.unwrap();
+    let mut client = connect(db.config()).await;
+    let before: Vec<_> = MIGRATIONS.iter().filter(|m| m.version < 11).collect();
+    let mut setup = String::new();
+    for migration in &before {
+        setup.push_str(migration.sql);
+        setup.push('\n');
+    }
+    setup.push_str(
+        "CREATE TABLE koyo_job_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                                           applied_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO koyo_jobs (queue, job, args) SELECT 'mail', 'app::send', '\\x01' FROM generate_series(1, 20000);",
+    );
+    client.batch_execute(&setup).await.unwrap();
+    for migration in &before {
+        client
+            .execute(
+                "INSERT INTO koyo_job_migrations (version, name) VALUES ($1, $2)",
+                &[&migration.version, &migration.name],
+            )
+            .await
+            .unwrap();
+    }
+    let file = "SELECT pg_relation_filenode('koyo_jobs')::int8, pg_relation_size('koyo_jobs')::int8";
+    let before_file: (i64, i64) = client.query_one(file, &[]).await.map(|r| (r.get(0), r.get(1))).unwrap();
+
+    let report = migrate(&mut client, None).await.unwrap();
+    assert!(report.applied.contains(&11), "{report:?}");
+    let after_file: (i64, i64) = client.query_one(file, &[]).await.map(|r| (r.get(0), r.get(1))).unwrap();
+    assert_eq!(before_file, after_file, "the table was not rewritten");
+    let options: Vec<String> = client
+        .query_one("SELECT COALESCE(reloptions, '{}') FROM pg_class WHERE oid = 'koyo_jobs'::regclass", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(options, vec!["fillfactor=70".to_owned()]);
+
+    // Pages filled from now on keep 30 % free: the same rows take more pages than before.
+    client
+        .batch_execute(
+            "INSERT INTO koyo_jobs (queue, job, args) SELECT 'mail', 'app::send', '\\x01' FROM generate_series(1, 20000)",
+        )
+        .await
+        .unwrap();
+    let size: i64 = client.query_one("SELECT pg_relation_size('koyo_jobs')::int8", &[]).await.unwrap().get(0);
+    let grown = (size - before_file.1) as f64 / before_file.1 as f64;
+    assert!(grown > 1.3, "20,000 more rows took {grown:.2} × the pages of the first 20,000");
+}

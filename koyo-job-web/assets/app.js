@@ -57,6 +57,13 @@
     lastActivity: 0,     // when the activity was last fetched (ms)
     activity: null,      // its last body (charts are redrawn from it when their width changes)
     sigs: {},            // last rendered data per section, to skip identical re-renders
+    search: { kind: 'job', text: '' }, // the search box: job name, error text or job id
+    time: { field: 'created', range: '', from: '', to: '' }, // the time filter
+    selected: new Set(), // ids of the jobs ticked in the list
+    selectAll: false,    // "all matching the filter" instead of the ticked ids
+    matchCount: null,    // how many jobs matched the filter when "all" was chosen
+    bulkOp: null,        // the last bulk operation's status, while it runs and after
+    chartRange: '1h',    // the charts' range: 1h, 24h or 7d
   };
 
   // ------------------------------------------------------------ DOM helpers
@@ -175,12 +182,12 @@
   }
 
   /** Fetches `${base}api/${path}`; resolves with the JSON body, rejects with ApiError. */
-  async function api(path, method = 'GET') {
+  async function api(path, method = 'GET', body = null) {
     const init = { method, cache: 'no-store', credentials: 'same-origin', headers: { accept: 'application/json' } };
     if (method !== 'GET') {
       init.headers['x-koyo-csrf'] = cfg.csrf;
       init.headers['content-type'] = 'application/json';
-      if (method === 'POST') init.body = '{}';
+      if (method === 'POST') init.body = body === null ? '{}' : JSON.stringify(body);
     }
     let res;
     try {
@@ -188,18 +195,18 @@
     } catch (_) {
       throw new ApiError('cannot reach the server', 0);
     }
-    let body = null;
+    let answer = null;
     try {
-      body = await res.json();
+      answer = await res.json();
     } catch (_) {
-      body = null;
+      answer = null;
     }
     if (!res.ok) {
-      const msg = body && typeof body.error === 'string' ? body.error : `HTTP ${res.status} ${res.statusText}`.trim();
+      const msg = answer && typeof answer.error === 'string' ? answer.error : `HTTP ${res.status} ${res.statusText}`.trim();
       throw new ApiError(msg, res.status);
     }
-    if (body === null) throw new ApiError('the server sent a response that is not JSON', res.status);
-    return body;
+    if (answer === null) throw new ApiError('the server sent a response that is not JSON', res.status);
+    return answer;
   }
 
   // ------------------------------------------------------------ status line
@@ -238,12 +245,17 @@
       const t = fmtRelative(node.getAttribute('data-rel'));
       if (node.textContent !== t) node.textContent = t;
     }
+    for (const node of document.querySelectorAll('[data-since]')) {
+      const t = fmtDuration((Date.now() - Number(node.getAttribute('data-since'))) / 1000);
+      if (node.textContent !== t) node.textContent = t;
+    }
     renderStatus();
   }
 
   // ----------------------------------------------------------------- queues
 
   function renderQueues(queues) {
+    state.queueLimits = Object.fromEntries(queues.map((q) => [q.queue, q.limits]));
     $('queues-empty').hidden = queues.length > 0;
     fillBody('queues', $('queues').tBodies[0], queues, () => queues.map(queueRow));
     updateQueueFilter(queues.map((q) => q.queue));
@@ -268,7 +280,60 @@
       ...cells,
       el('td', { 'data-lag': true, class: q.lag_secs === null || q.lag_secs === undefined ? 'num zero' : 'num' },
         fmtDuration(q.lag_secs)),
+      el('td', { 'data-limits': true, class: 'col-limits' }, el('span', { class: 'limits-text' }, describeLimits(q.limits)),
+        cfg.readOnly ? null : ' ',
+        cfg.readOnly ? null : el('button', {
+          type: 'button', class: 'btn btn-small', 'data-limits-queue': q.queue,
+          title: `set how many of ${q.queue}'s jobs may run at once, and start per period, across every worker`,
+        }, 'Limits')),
       el('td', { class: 'col-action' }, toggle));
+  }
+
+  /** `≤ 5 running · ≤ 100 starts / 1m`, or `none`. */
+  function describeLimits(limits) {
+    const parts = [];
+    if (limits && limits.max_running) parts.push(`≤ ${limits.max_running} running`);
+    if (limits && limits.rate_limit) parts.push(`≤ ${limits.rate_limit} starts / ${fmtDuration(limits.rate_period_secs)}`);
+    return parts.length ? parts.join(' · ') : 'none';
+  }
+
+  /** Reads `N/DURATION` (30s, 15m, 12h, 7d) into [N, seconds]; null if it is not that. */
+  function parseRate(text) {
+    const m = /^\s*(\d+)\s*\/\s*(\d+)\s*(s|m|h|d)\s*$/.exec(text);
+    if (!m) return null;
+    return [Number(m[1]), Number(m[2]) * { s: 1, m: 60, h: 3600, d: 86400 }[m[3]]];
+  }
+
+  /** Asks for a queue's limits (empty: none) and stores them. */
+  async function editLimits(queue, current) {
+    if (state.busy) return;
+    const now = current || {};
+    const running = window.prompt(`${queue}: at most how many jobs running at once, across every worker? (empty: no limit)`,
+      now.max_running ? String(now.max_running) : '');
+    if (running === null) return;
+    const rate = window.prompt(`${queue}: at most how many starts per period, as N/DURATION (e.g. 100/1m)? (empty: no limit)`,
+      now.rate_limit ? `${now.rate_limit}/${Math.round(now.rate_period_secs)}s` : '');
+    if (rate === null) return;
+    const body = { max_running: null, rate_limit: null, rate_period_secs: null };
+    if (running.trim() !== '') {
+      if (!/^\s*\d+\s*$/.test(running)) { showMessage(`not a number of jobs: ${running}`, true); return; }
+      body.max_running = Number(running);
+    }
+    if (rate.trim() !== '') {
+      const parsed = parseRate(rate);
+      if (!parsed) { showMessage(`not N/DURATION (e.g. 100/1m): ${rate}`, true); return; }
+      [body.rate_limit, body.rate_period_secs] = parsed;
+    }
+    state.busy = true;
+    try {
+      const res = await api(`queues/${encodeURIComponent(queue)}/limits`, 'POST', body);
+      showMessage(`limits of ${queue}: ${describeLimits(res.limits)}`);
+    } catch (e) {
+      showMessage(`limits of ${queue} failed: ${e.message}`, true);
+    } finally {
+      state.busy = false;
+      refreshNow();
+    }
   }
 
   /** Pauses or resumes a queue from its row's button, after the operator confirms a pause. */
@@ -300,6 +365,12 @@
   function onQueuesClick(ev) {
     const row = ev.target.closest('tr[data-queue]');
     if (!row) return;
+    const limits = ev.target.closest('button[data-limits-queue]');
+    if (limits) {
+      const queue = row.getAttribute('data-queue');
+      editLimits(queue, (state.queueLimits || {})[queue]);
+      return;
+    }
     const toggle = ev.target.closest('button[data-toggle-queue]');
     if (toggle) {
       toggleQueue(row.getAttribute('data-queue'), toggle.getAttribute('data-toggle-queue'));
@@ -320,6 +391,8 @@
     state.activity = activity;
     const queues = activity.queues || [];
     const box = $('charts');
+    box.classList.remove('loading');
+    $('charts-hint').textContent = rangeText(activity).hint;
     $('charts-empty').hidden = queues.length > 0;
     const sig = `${box.clientWidth}:${JSON.stringify(activity)}`;
     if (state.sigs.charts === sig) return;
@@ -351,7 +424,7 @@
     const caption = el('figcaption', null,
       el('strong', null, q.queue),
       el('span', { class: 'chart-totals' }, `${done} completed · `,
-        el('span', { class: failed ? 'count-failed' : null }, `${failed} failed`), ' in the last hour'));
+        el('span', { class: failed ? 'count-failed' : null }, `${failed} failed`), ` ${rangeText(activity).last}`));
     const legend = el('ul', { class: 'legend' },
       el('li', null, el('span', { class: 'swatch swatch-done' }), 'completed'),
       el('li', null, el('span', { class: 'swatch swatch-failed' }), 'failed'),
@@ -374,14 +447,14 @@
 
     const root = svg('svg', {
       viewBox: `0 0 ${w} ${h}`, width: w, height: h, role: 'img',
-      'aria-label': `${q.queue}: ${sum(completed)} completed and ${sum(failed)} failed in the last hour`,
+      'aria-label': `${q.queue}: ${sum(completed)} completed and ${sum(failed)} failed ${rangeText(activity).last}`,
     });
     root.append(
       svg('line', { class: 'grid-line', x1: left, x2: right, y1: top, y2: top }),
       svg('line', { class: 'axis-line', x1: left, x2: right, y1: bottom, y2: bottom }),
-      svg('text', { class: 'axis-label', x: left, y: top - 5 }, `${barMax} / min`),
+      svg('text', { class: 'axis-label', x: left, y: top - 5 }, `${barMax} ${rangeText(activity).per}`),
       svg('text', { class: 'axis-label backlog-label', x: right, y: top - 5, 'text-anchor': 'end' }, `${backlogMax} ready`),
-      svg('text', { class: 'axis-label', x: left, y: h - 3 }, '−60 m'),
+      svg('text', { class: 'axis-label', x: left, y: h - 3 }, rangeText(activity).span),
       svg('text', { class: 'axis-label', x: right, y: h - 3, 'text-anchor': 'end' }, 'now'));
 
     const bars = svg('g', { class: 'bars' });
@@ -391,14 +464,14 @@
       const c = completed[i] || 0, f = failed[i] || 0;
       if (c > 0) bars.append(svg('rect', { class: 'bar-done', x, width: barW, y: y(c, barMax), height: bottom - y(c, barMax) }));
       if (f > 0) bars.append(svg('rect', { class: 'bar-failed', x, width: barW, y: y(c + f, barMax), height: y(c, barMax) - y(c + f, barMax) }));
-      const when = Number.isNaN(start) ? `minute ${i + 1}` : fmtUtc(new Date(start + i * step * 1000).toISOString()).slice(11, 16);
+      const when = Number.isNaN(start) ? `minute ${i + 1}` : fmtUtc(new Date(start + i * step * 1000).toISOString()).slice(step >= 3600 ? 5 : 11, 16);
       hits.append(svg('rect', { x: left + i * slot, width: slot, y: top, height: bottom - top },
         svg('title', null, `${when} UTC — ${c} completed, ${f} failed, ${backlog[i] || 0} ready`)));
     }
     const points = backlog.map((v, i) => `${(left + (i + 0.5) * slot).toFixed(1)},${y(v, backlogMax).toFixed(1)}`);
     root.append(bars);
     if (barMax === 1 && backlogMax === 1 && sum(completed) + sum(failed) + sum(backlog) === 0) {
-      root.append(svg('text', { class: 'idle-label', x: w / 2, y: (top + bottom) / 2 + 4, 'text-anchor': 'middle' }, 'no activity in the last hour'));
+      root.append(svg('text', { class: 'idle-label', x: w / 2, y: (top + bottom) / 2 + 4, 'text-anchor': 'middle' }, `no activity ${rangeText(activity).last}`));
     }
     if (points.length) root.append(svg('polyline', { class: 'backlog-line', points: points.join(' ') }));
     root.append(hits);
@@ -408,9 +481,7 @@
   // ------------------------------------------------------------------- jobs
 
   function jobsQuery() {
-    const p = new URLSearchParams();
-    if (state.queue) p.set('queue', state.queue);
-    if (state.states.length) p.set('state', state.states.join(','));
+    const p = new URLSearchParams(criteria());
     p.set('limit', String(PAGE_SIZE));
     if (state.before !== null) p.set('before', String(state.before));
     return `jobs?${p}`;
@@ -428,14 +499,20 @@
     state.nextBefore = data.next_before ?? null;
     $('jobs-empty').hidden = jobs.length > 0;
     $('jobs').classList.remove('loading');
-    fillBody('jobs', $('jobs').tBodies[0], jobs, () => jobs.map(jobRow));
+    // A running job's duration grows at every refresh; its cell counts on by itself (tick).
+    fillBody('jobs', $('jobs').tBodies[0], jobs.map(withoutOpenDuration), () => jobs.map(jobRow));
     markSelectedRow();
+    syncChecks();
     renderPager();
   }
 
   function jobRow(j) {
     const error = j.last_error ? firstLine(j.last_error) : null;
     return el('tr', { 'data-job-id': j.id, tabindex: 0 },
+      el('td', { class: 'col-check' }, el('input', {
+        type: 'checkbox', 'data-select': j.id, 'aria-label': `Select job ${j.id}`,
+        checked: state.selectAll || state.selected.has(j.id), disabled: state.selectAll,
+      })),
       el('td', { 'data-col': 'id', class: 'num' }, j.id),
       el('td', { 'data-col': 'job', class: 'clip', title: j.job }, ...jobName(j.job)),
       el('td', { 'data-col': 'queue', class: 'clip', title: j.queue }, j.queue),
@@ -443,8 +520,21 @@
       el('td', { 'data-col': 'attempts', class: 'num' }, `${j.attempts}/${j.max_attempts}`),
       el('td', { 'data-col': 'scheduled' }, relTime(j.scheduled_at)),
       el('td', { 'data-col': 'finished' }, relTime(j.finished_at)),
+      el('td', { 'data-col': 'duration', class: 'num' }, durationField(j.duration_secs, j.status === 'running')),
       el('td', { 'data-col': 'error', class: 'clip error-text', title: j.last_error ? j.last_error.slice(0, 2000) : null },
         error === null ? el('span', { class: 'faint' }, '—') : error));
+  }
+
+  /** A duration; one still running (`open`) counts on, once a second, from when it was read. */
+  function durationField(secs, open) {
+    if (secs === null || secs === undefined) return el('span', { class: 'faint' }, '—');
+    if (!open) return fmtDuration(secs);
+    return el('span', { 'data-since': String(Date.now() - secs * 1000) }, fmtDuration(secs));
+  }
+
+  /** A job or attempt for comparing with an earlier read: an open duration left out. */
+  function withoutOpenDuration(x) {
+    return x.status === 'running' || x.outcome === 'running' ? { ...x, duration_secs: null } : x;
   }
 
   /** "app::mail::send" → a muted "app::mail::" and the plain "send" (the part that tells jobs apart). */
@@ -468,12 +558,14 @@
   }
 
   function onJobsClick(ev) {
+    if (onSelectClick(ev)) return;
     const row = ev.target.closest('tr[data-job-id]');
     if (row) chooseJob(Number(row.getAttribute('data-job-id')));
   }
 
   function onJobsKey(ev) {
     if (ev.key !== 'Enter' && ev.key !== ' ') return;
+    if (ev.target.closest('input')) return; // the checkbox handles its own keys
     const row = ev.target.closest('tr[data-job-id]');
     if (!row) return;
     ev.preventDefault();
@@ -501,9 +593,11 @@
   function readFilters() {
     state.queue = $('filter-queue').value;
     state.states = [...document.querySelectorAll('input[name="state"]:checked')].map((i) => i.value);
+    readSearchAndTime();
+    clearSelection();
     state.before = null;
     state.beforeStack = [];
-    $('filter-reset').hidden = !state.queue && !state.states.length;
+    $('filter-reset').hidden = !Object.keys(criteria()).length;
     reloadJobs();
   }
 
@@ -563,7 +657,7 @@
   function renderDetail(d) {
     const panel = $('job-detail');
     panel.classList.remove('loading');
-    const sig = JSON.stringify(d);
+    const sig = JSON.stringify({ ...d, history: (d.history || []).map(withoutOpenDuration) });
     state.detail = d;
     if (state.sigs.detail !== sig || panel.hidden) {
       state.sigs.detail = sig;
@@ -593,9 +687,42 @@
       $(cls).textContent = value || '';
     }
     fillArgs(d.args || {});
+    fillHistory(d.history || [], d.history_dropped || 0);
     $('detail-error').replaceChildren(d.last_error
       ? el('pre', { class: 'error-pre' }, d.last_error)
       : el('p', { class: 'note' }, el('em', null, 'No error recorded.')));
+  }
+
+  /** Colours of the outcomes that are not job states. */
+  const OUTCOME_PILL = { retry: 'failed', lost: 'failed', 'given back': 'cancelled', 'not run': 'scheduled' };
+
+  /** The job's attempts, oldest first: each with its worker, start, end, duration, outcome and error. */
+  function fillHistory(history, dropped) {
+    $('detail-history-note').textContent = dropped > 0
+      ? `${dropped} earlier ${dropped === 1 ? 'attempt' : 'attempts'} not kept` : '';
+    if (!history.length) {
+      $('detail-history').replaceChildren(el('li', { class: 'note' }, el('em', null, 'Not started yet.')));
+      return;
+    }
+    $('detail-history').replaceChildren(...history.map(attemptItem));
+  }
+
+  function attemptItem(a) {
+    const open = a.outcome === 'running';
+    const worker = a.worker_id === null || a.worker_id === undefined ? null
+      : `worker ${a.worker_id}${a.hostname ? ` on ${a.hostname}` : ''}`;
+    const start = a.started_at ? fmtUtc(a.started_at) : null;
+    let end = open ? 'now' : (a.ended_at ? fmtUtc(a.ended_at) : '?');
+    if (start && end.slice(0, 11) === start.slice(0, 11)) end = end.slice(11); // the same day: its time
+    const span = start ? [start, ' → ', end] : ['—'];
+    return el('li', { class: `attempt attempt-${OUTCOME_PILL[a.outcome] || a.outcome}`, 'data-attempt': a.attempt, 'data-outcome': a.outcome },
+      el('div', { class: 'attempt-head' },
+        el('span', { class: 'attempt-no tnum' }, `#${a.attempt}`),
+        el('span', { class: `pill pill-${OUTCOME_PILL[a.outcome] || a.outcome}` }, a.outcome),
+        el('span', { class: 'attempt-duration tnum' }, durationField(a.duration_secs, open)),
+        worker === null ? null : el('span', { class: 'attempt-worker', title: worker }, worker)),
+      el('div', { class: 'attempt-time mono' }, ...span),
+      a.error ? el('div', { class: 'attempt-error error-text', title: a.error.slice(0, 2000) }, firstLine(a.error)) : null);
   }
 
   function timeField(iso) {
@@ -724,6 +851,239 @@
       el('td', null, p.next_slot ? relTime(p.next_slot) : el('span', { class: 'faint' }, '—')));
   }
 
+  // --------------------------------------------------- search, selection, bulk
+
+  /** The list's criteria as the API's parameters (no paging): also the filter of a bulk action. */
+  function criteria() {
+    const c = {};
+    if (state.queue) c.queue = state.queue;
+    if (state.states.length) c.state = state.states.join(',');
+    if (state.search.text) c[state.search.kind] = state.search.text;
+    const t = state.time;
+    if (t.range === 'custom') {
+      if (t.from) c[`${t.field}_after`] = utcInput(t.from);
+      if (t.to) c[`${t.field}_before`] = utcInput(t.to);
+    } else if (t.range) {
+      c[`${t.field}_after`] = t.range; // "24h": that long ago, by the database's clock
+    }
+    return c;
+  }
+
+  /** A datetime-local value, read as UTC: "2026-12-05T10:00" → "2026-12-05T10:00:00Z". */
+  function utcInput(v) {
+    return v.length === 16 ? `${v}:00Z` : `${v}Z`;
+  }
+
+  /** The criteria in words, for the confirmation of a bulk action on "all matching". */
+  function describeCriteria() {
+    const c = criteria(), parts = [];
+    if (c.queue) parts.push(`queue ${c.queue}`);
+    if (c.state) parts.push(`state ${c.state.replaceAll(',', ' or ')}`);
+    if (c.id) parts.push(`id ${c.id}`);
+    if (c.job) parts.push(`job ${c.job}`);
+    if (c.error) parts.push(`error containing "${c.error}"`);
+    for (const f of ['created', 'finished']) {
+      if (c[`${f}_after`]) parts.push(`${f} ${/^\d+[smhd]$/.test(c[`${f}_after`]) ? `in the last ${c[`${f}_after`]}` : `from ${c[`${f}_after`]}`}`);
+      if (c[`${f}_before`]) parts.push(`${f} before ${c[`${f}_before`]}`);
+    }
+    return parts.join(', ');
+  }
+
+  function readSearchAndTime() {
+    state.search = { kind: $('search-kind').value, text: $('search').value.trim() };
+    state.time = { field: $('time-field').value, range: $('time-range').value, from: $('time-from').value, to: $('time-to').value };
+    $('time-custom').hidden = state.time.range !== 'custom';
+    $('search').placeholder = { job: 'a name, or its start and *', error: 'text in the last error', id: 'a job id' }[state.search.kind];
+  }
+
+  /** "Clear filters": queue, states, search and time. */
+  function clearFilters() {
+    $('search').value = '';
+    $('time-range').value = '';
+    $('time-from').value = '';
+    $('time-to').value = '';
+    setFilters('', []);
+  }
+
+  function clearSelection() {
+    state.selected.clear();
+    state.selectAll = false;
+    state.matchCount = null;
+    syncChecks();
+  }
+
+  /** The ticks of the rows on screen follow the selection (rows are not redrawn for it). */
+  function syncChecks() {
+    for (const box of document.querySelectorAll('#jobs input[data-select]')) {
+      box.checked = state.selectAll || state.selected.has(Number(box.getAttribute('data-select')));
+      box.disabled = state.selectAll;
+    }
+    const boxes = [...document.querySelectorAll('#jobs input[data-select]')];
+    $('select-page').checked = boxes.length > 0 && boxes.every((b) => b.checked);
+    $('select-page').disabled = state.selectAll;
+    renderBulkBar();
+  }
+
+  /** A click on a row's checkbox; true when it was one (the row's detail then stays closed). */
+  function onSelectClick(ev) {
+    const box = ev.target.closest('input[data-select]');
+    if (!box) return ev.target.closest('td.col-check') !== null;
+    const id = Number(box.getAttribute('data-select'));
+    if (box.checked) state.selected.add(id);
+    else state.selected.delete(id);
+    syncChecks();
+    return true;
+  }
+
+  function onSelectPage() {
+    const on = $('select-page').checked;
+    for (const box of document.querySelectorAll('#jobs input[data-select]')) {
+      const id = Number(box.getAttribute('data-select'));
+      if (on) state.selected.add(id);
+      else state.selected.delete(id);
+    }
+    syncChecks();
+  }
+
+  /** "Select all matching": counts the filter's jobs first, so the confirmation can say how many. */
+  async function selectAllMatching() {
+    const c = criteria();
+    if (!Object.keys(c).length) return;
+    try {
+      const body = await api(`jobs/count?${new URLSearchParams(c)}`);
+      state.selected.clear();
+      state.selectAll = true;
+      state.matchCount = body.count;
+      syncChecks();
+    } catch (e) {
+      showMessage(`cannot count the matching jobs: ${e.message}`, true);
+    }
+  }
+
+  function selectionSize() {
+    return state.selectAll ? state.matchCount : state.selected.size;
+  }
+
+  function renderBulkBar() {
+    const n = selectionSize();
+    const running = state.bulkOp !== null && state.bulkOp.state === 'running';
+    $('bulk-count').textContent = state.selectAll
+      ? `all ${n} ${n === 1 ? 'job' : 'jobs'} matching the filter selected`
+      : (n ? `${n} selected` : 'none selected');
+    $('bulk-all').hidden = state.selectAll || !Object.keys(criteria()).length;
+    $('bulk-clear').hidden = !n && !state.selectAll;
+    for (const kind of ['retry', 'cancel', 'delete']) {
+      const b = $(`bulk-${kind}`);
+      b.hidden = cfg.readOnly;
+      b.disabled = !n || running || state.busy;
+    }
+  }
+
+  const BULK_WORDS = {
+    retry: ['Retry', 'retried'],
+    cancel: ['Cancel', 'cancelled'],
+    delete: ['Delete', 'deleted'],
+  };
+
+  /** Starts a bulk action on the selection (after the operator confirms), then follows its progress. */
+  async function runBulk(kind) {
+    const n = selectionSize();
+    if (!n || state.busy || (state.bulkOp && state.bulkOp.state === 'running')) return;
+    const [Verb] = BULK_WORDS[kind];
+    const what = state.selectAll
+      ? `all ${n} ${n === 1 ? 'job' : 'jobs'} matching ${describeCriteria()}`
+      : `${n} selected ${n === 1 ? 'job' : 'jobs'}`;
+    const warn = kind === 'delete' ? ' This cannot be undone.' : '';
+    if (!window.confirm(`${Verb} ${what}? Each job follows the rules of a single ${kind}: a job whose state does not allow it is left as it is.${warn}`)) return;
+    const request = state.selectAll ? { action: kind, filter: criteria() } : { action: kind, ids: [...state.selected] };
+    state.busy = true;
+    renderBulkBar();
+    try {
+      const op = await api('bulk', 'POST', request);
+      clearSelection();
+      followBulk(op);
+    } catch (e) {
+      showMessage(`${kind} of ${what} failed: ${e.message}`, true);
+    } finally {
+      state.busy = false;
+      renderBulkBar();
+    }
+  }
+
+  /** Shows a bulk operation's progress, and polls it until it is no longer running. */
+  function followBulk(op) {
+    state.bulkOp = op;
+    renderBulkProgress(op);
+    renderBulkBar();
+    if (op.state !== 'running') {
+      const [, done] = BULK_WORDS[op.action];
+      showMessage(op.state === 'failed'
+        ? `bulk ${op.action} stopped after ${op.examined} of ${op.total}: ${op.error}`
+        : `${op.applied} ${op.applied === 1 ? 'job' : 'jobs'} ${done}${op.refused ? `, ${op.refused} refused by their state` : ''}`,
+      op.state === 'failed');
+      refreshNow();
+      return;
+    }
+    setTimeout(async () => {
+      try {
+        followBulk(await api(`bulk/${op.id}`));
+      } catch (e) {
+        showMessage(`cannot follow bulk ${op.action}: ${e.message}`, true);
+        state.bulkOp = null;
+        renderBulkBar();
+      }
+    }, 400);
+  }
+
+  function renderBulkProgress(op) {
+    const [, done] = BULK_WORDS[op.action];
+    const box = $('bulk-progress-box');
+    box.hidden = false;
+    box.setAttribute('data-state', op.state);
+    const bar = $('bulk-progress');
+    bar.max = Math.max(1, op.total);
+    bar.value = op.total ? op.examined : 1;
+    const end = op.state === 'running' ? '…' : (op.state === 'failed' ? ` — stopped: ${op.error}` : ' — done');
+    const refusedNote = op.refused
+      ? `, ${op.refused} refused (${op.refusals.slice(0, 3).map((r) => `job ${r.id}: ${r.why}`).join('; ')}${op.refused > 3 ? '; …' : ''})`
+      : '';
+    $('bulk-progress-text').textContent =
+      `${op.action}: ${op.examined} of ${op.total} looked at, ${op.applied} ${done}${refusedNote}${end}`;
+  }
+
+  // ------------------------------------------------------------ chart range
+
+  /** Words for the charts' range, from the data's own bucket width. */
+  function rangeText(activity) {
+    const step = activity.step_secs || 60;
+    if (step >= 3600) return { span: '−7 d', per: `/ ${step / 3600} h`, last: 'in the last 7 days', hint: `last 7 days, per ${step / 3600} hours` };
+    if (step > 60) return { span: '−24 h', per: `/ ${step / 60} min`, last: 'in the last 24 hours', hint: `last 24 hours, per ${step / 60} minutes` };
+    return { span: '−60 m', per: '/ min', last: 'in the last hour', hint: 'last 60 minutes, per minute' };
+  }
+
+  function onChartRange() {
+    state.chartRange = $('chart-range').value;
+    state.lastActivity = 0;
+    $('charts').classList.add('loading');
+    refreshNow();
+  }
+
+  function bindSearchAndBulk() {
+    $('filters').addEventListener('submit', () => readFilters());
+    $('search').addEventListener('search', () => readFilters()); // the field's clear button
+    $('search-kind').addEventListener('change', () => { readSearchAndTime(); if (state.search.text) readFilters(); });
+    for (const id of ['time-field', 'time-range', 'time-from', 'time-to']) $(id).addEventListener('change', readFilters);
+    $('select-page').addEventListener('change', onSelectPage);
+    $('bulk-all').addEventListener('click', selectAllMatching);
+    $('bulk-clear').addEventListener('click', clearSelection);
+    for (const kind of ['retry', 'cancel', 'delete']) $(`bulk-${kind}`).addEventListener('click', () => runBulk(kind));
+    $('chart-range').addEventListener('change', onChartRange);
+    state.chartRange = $('chart-range').value;
+    readSearchAndTime();
+    $('filter-reset').hidden = !Object.keys(criteria()).length;
+    renderBulkBar();
+  }
+
   // ---------------------------------------------------------- refresh loop
 
   let timer = null, inFlight = false, again = false;
@@ -744,7 +1104,12 @@
       tasks.push(loadDetail().catch((e) => detailFailed(id, e)));
     }
     if (Date.now() - state.lastActivity >= ACTIVITY_MS - 100) {
-      tasks.push(api('activity').then((b) => { state.lastActivity = Date.now(); renderCharts(b); }));
+      const range = state.chartRange;
+      tasks.push(api(`activity?range=${range}`).then((b) => {
+        if (range !== state.chartRange) return; // the range changed meanwhile; a newer request follows
+        state.lastActivity = Date.now();
+        renderCharts({ ...b, range });
+      }));
     }
     const results = await Promise.allSettled(tasks);
     const failed = results.find((r) => r.status === 'rejected');
@@ -776,7 +1141,8 @@
     $('filters').addEventListener('submit', (e) => e.preventDefault());
     $('filter-queue').addEventListener('change', readFilters);
     for (const box of document.querySelectorAll('input[name="state"]')) box.addEventListener('change', readFilters);
-    $('filter-reset').addEventListener('click', () => setFilters('', []));
+    $('filter-reset').addEventListener('click', () => clearFilters());
+    bindSearchAndBulk();
     $('queues').tBodies[0].addEventListener('click', onQueuesClick);
     $('jobs').tBodies[0].addEventListener('click', onJobsClick);
     $('jobs').tBodies[0].addEventListener('keydown', onJobsKey);
@@ -797,7 +1163,7 @@
     // Filters the browser restored from its form cache count from the start.
     state.queue = $('filter-queue').value;
     state.states = [...document.querySelectorAll('input[name="state"]:checked')].map((i) => i.value);
-    $('filter-reset').hidden = !state.queue && !state.states.length;
+    $('filter-reset').hidden = !Object.keys(criteria()).length;
     bind();
     watchChartWidth();
     renderPager();

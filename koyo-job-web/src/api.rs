@@ -38,7 +38,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 }
 
 /// The `{id}` of a job route as given (checked by [`job_id`]); undecodable, it is a JSON 400.
-pub(crate) struct RawId(String);
+pub(crate) struct RawId(pub(crate) String);
 
 impl<S: Send + Sync> FromRequestParts<S> for RawId {
     type Rejection = ApiError;
@@ -67,16 +67,21 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError { status, message: message.into() }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
     pub(crate) fn forbidden(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::FORBIDDEN, message)
+    }
+
+    /// The sentence the answer carries.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -85,6 +90,7 @@ impl From<AdminError> for ApiError {
         match error {
             AdminError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
             AdminError::Refused(why) => ApiError::new(StatusCode::CONFLICT, why),
+            AdminError::Invalid(why) => ApiError::bad_request(why),
             // Told the way the runtime tells it: with the server's message.
             AdminError::Database(error) => koyo_job::Error::from(error).into(),
             other => database_error(other.to_string()),
@@ -116,11 +122,11 @@ struct ErrorBody {
     error: String,
 }
 
-type ApiResult<T> = Result<Json<T>, ApiError>;
+pub(crate) type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Runs `query` on a pooled connection within the router's query timeout. A connection whose
 /// query timed out is dropped rather than returned to the pool: its server may hang.
-async fn with_client<T>(
+pub(crate) async fn with_client<T>(
     state: &State,
     query: impl AsyncFnOnce(&Client) -> Result<T, AdminError>,
 ) -> Result<T, ApiError> {
@@ -149,9 +155,10 @@ fn job_id(raw: &str) -> Result<i64, ApiError> {
     })
 }
 
-/// `queue`, `state`, `limit` and `before`; empty values mean "not given", other parameters are
-/// ignored.
-fn job_filter(params: &HashMap<String, String>) -> Result<JobFilter, ApiError> {
+/// `queue`, `state`, `limit`, `before` and the search (`id`, `job`, `error`, `created_after`,
+/// `created_before`, `finished_after`, `finished_before`); empty values mean "not given", other
+/// parameters are ignored.
+pub(crate) fn job_filter(params: &HashMap<String, String>) -> Result<JobFilter, ApiError> {
     let given = |key: &str| params.get(key).map(String::as_str).filter(|v| !v.is_empty());
     let queue = match given("queue") {
         Some(q) if admin::is_queue_name(q) => Some(q.to_owned()),
@@ -175,11 +182,32 @@ fn job_filter(params: &HashMap<String, String>) -> Result<JobFilter, ApiError> {
         })?,
     };
     let before = given("before").map(job_id).transpose()?;
-    Ok(JobFilter { queue, states, before, limit })
+    let id = given("id").map(job_id).transpose()?;
+    let bad = |why: String| ApiError::bad_request(shorten(&why, 300));
+    let job = given("job").map(admin::parse_job_pattern).transpose().map_err(bad)?;
+    let error = given("error").map(admin::parse_error_text).transpose().map_err(bad)?;
+    let time = |key: &str| {
+        given(key)
+            .map(|raw| admin::TimeBound::parse(raw).map_err(|why| bad(format!("{key}: {why}"))))
+            .transpose()
+    };
+    Ok(JobFilter {
+        queue,
+        states,
+        before,
+        limit,
+        id,
+        job,
+        error,
+        created_after: time("created_after")?,
+        created_before: time("created_before")?,
+        finished_after: time("finished_after")?,
+        finished_before: time("finished_before")?,
+    })
 }
 
 /// At most `max` characters of `text`.
-fn shorten(text: &str, max: usize) -> &str {
+pub(crate) fn shorten(text: &str, max: usize) -> &str {
     text.char_indices().nth(max).map_or(text, |(end, _)| &text[..end])
 }
 
@@ -211,7 +239,7 @@ struct Answer {
 
 impl SharedAnswer {
     /// Forgets the last answer (after a change the viewer should see at once).
-    async fn forget(&self) {
+    pub(crate) async fn forget(&self) {
         *self.last.lock().await = None;
     }
 
@@ -251,6 +279,14 @@ pub(crate) async fn queues(Extract(state): Shared) -> Result<Response, ApiError>
 pub(crate) async fn jobs(Extract(state): Shared, Params(params): Params) -> ApiResult<admin::JobPage> {
     let filter = job_filter(&params)?;
     with_client(&state, async |c| admin::jobs(c, &filter).await).await.map(Json)
+}
+
+/// `GET api/jobs/count?…`: how many jobs the filter matches (paging ignored), e.g. before a
+/// bulk action on it.
+pub(crate) async fn count(Extract(state): Shared, Params(params): Params) -> ApiResult<serde_json::Value> {
+    let filter = job_filter(&params)?;
+    let count = with_client(&state, async |c| admin::count(c, &filter).await).await?;
+    Ok(Json(json!({ "count": count })))
 }
 
 /// A job as `admin::job` reads it (its raw arguments left out), with them decoded for display
@@ -324,6 +360,21 @@ pub(crate) async fn periodic(Extract(state): Shared) -> ApiResult<serde_json::Va
 }
 
 pub(crate) async fn activity(Extract(state): Shared, Params(params): Params) -> Result<Response, ApiError> {
+    if let Some(raw) = params.get("range").map(String::as_str).filter(|r| !r.is_empty()) {
+        let &(_, buckets, step) =
+            admin::ACTIVITY_RANGES.iter().find(|(name, ..)| *name == raw).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "range must be one of 1h, 24h and 7d, not `{}`",
+                    shorten(raw, 40).escape_debug()
+                ))
+            })?;
+        return state
+            .activity
+            .get_or_compute(step * 10_000 + buckets, ACTIVITY_TTL, async || {
+                with_client(&state, async |c| admin::activity_buckets(c, buckets, step).await).await
+            })
+            .await;
+    }
     let minutes = match params.get("minutes").map(String::as_str).filter(|m| !m.is_empty()) {
         None => 60,
         Some(raw) => raw.parse::<u32>().ok().filter(|m| (1..=1440).contains(m)).ok_or_else(|| {
@@ -399,7 +450,7 @@ fn permitted(state: &State, headers: &HeaderMap, raw_id: &str) -> Result<i64, Ap
 }
 
 /// The checks every change passes first: read-only mode, then CSRF.
-fn changes_permitted(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn changes_permitted(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
     if state.read_only {
         return Err(ApiError::forbidden("this admin page is read-only"));
     }
@@ -447,6 +498,49 @@ async fn on_queue(
     tracing::info!(queue = %queue, "koyo-job admin: queue {}", if pause { "paused" } else { "resumed" });
     state.queues.forget().await;
     Ok(Json(body))
+}
+
+/// The body of `POST /api/queues/{queue}/limits`: the limits to hold from now on (a missing or
+/// null field is no limit).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    #[serde(default)]
+    max_running: Option<i32>,
+    #[serde(default)]
+    rate_limit: Option<i32>,
+    #[serde(default)]
+    rate_period_secs: Option<f64>,
+}
+
+/// Sets a queue's fleet-wide limits (the body's fields; null clears one).
+pub(crate) async fn limits(
+    Extract(state): Shared,
+    headers: HeaderMap,
+    RawId(raw): RawId,
+    body: axum::body::Bytes,
+) -> ApiResult<serde_json::Value> {
+    changes_permitted(&state, &headers)?;
+    let queue = queue_name(&raw)?;
+    // An object only: serde would also read a struct from an array of its fields.
+    let asked: LimitsBody = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
+        .and_then(|object| serde_json::from_value(serde_json::Value::Object(object)))
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body must be a JSON object with max_running, rate_limit and rate_period_secs \
+                 (each a number or null): {e}"
+            ))
+        })?;
+    let limits = admin::QueueLimits {
+        max_running: asked.max_running,
+        rate_limit: asked.rate_limit,
+        rate_period_secs: asked.rate_period_secs,
+    };
+    let now =
+        with_client(&state, async |c| admin::set_limits(c, &queue, &limits, "the admin page").await).await?;
+    tracing::info!(queue = %queue, ?now, "koyo-job admin: queue limits set");
+    state.queues.forget().await;
+    Ok(Json(json!({ "queue": queue, "limits": now })))
 }
 
 fn past_tense(action: Action) -> &'static str {

@@ -41,13 +41,18 @@
 //! | `GET /` | the page |
 //! | `GET /assets/app.js`, `GET /assets/app.css` | its script and stylesheet |
 //! | `GET /api/queues` | per queue: jobs in each state, and lag |
-//! | `GET /api/jobs?queue=&state=a,b&limit=&before=` | jobs newest first, cursor-paged |
+//! | `GET /api/jobs?queue=&state=a,b&limit=&before=` | jobs newest first, cursor-paged; searched by `id`, `job`, `error` and time (`created_after`, …) |
+//! | `GET /api/jobs/count?…` | how many jobs a filter matches |
+//! | `POST /api/bulk` | retry, cancel or delete every job of a filter or a selection, in batches |
+//! | `GET /api/bulk/{id}` | a bulk action's progress |
 //! | `GET /api/jobs/{id}` | one job, its arguments decoded, and the actions its state allows |
 //! | `POST /api/jobs/{id}/retry` | make it ready now |
 //! | `POST /api/jobs/{id}/cancel` | cancel it |
 //! | `DELETE /api/jobs/{id}` | delete it |
+//! | `POST /api/queues/{queue}/pause`, `…/resume` | stop or restart claims from a queue |
+//! | `POST /api/queues/{queue}/limits` | set its fleet-wide limits: `{"max_running": n, "rate_limit": n, "rate_period_secs": s}` (null: none) |
 //! | `GET /api/workers` | workers with heartbeat age, lease and jobs in flight |
-//! | `GET /api/activity?minutes=60` | per queue and minute: completed, failed, ready backlog |
+//! | `GET /api/activity?minutes=60` (or `range=24h`, `7d`) | per queue and bucket: completed, failed, ready backlog |
 //! | `GET /api/csrf` | the token mutating requests must carry |
 //!
 //! Mutating requests must carry the header `x-koyo-csrf` with the router's token (the page
@@ -58,6 +63,7 @@
 #![warn(missing_docs)]
 
 mod api;
+mod bulk;
 mod csrf;
 mod page;
 
@@ -151,6 +157,7 @@ impl Admin {
             query_timeout: self.query_timeout,
             queues: api::SharedAnswer::default(),
             activity: api::SharedAnswer::default(),
+            bulk: bulk::BulkOps::default(),
         });
         Router::new()
             .route("/", get(page::index))
@@ -158,11 +165,15 @@ impl Admin {
             .route("/assets/app.css", get(page::stylesheet))
             .route("/api/queues", get(api::queues))
             .route("/api/jobs", get(api::jobs))
+            .route("/api/jobs/count", get(api::count))
+            .route("/api/bulk", post(bulk::start))
+            .route("/api/bulk/{id}", get(bulk::status))
             .route("/api/jobs/{id}", get(api::job).delete(api::delete))
             .route("/api/jobs/{id}/retry", post(api::retry))
             .route("/api/jobs/{id}/cancel", post(api::cancel))
             .route("/api/queues/{queue}/pause", post(api::pause))
             .route("/api/queues/{queue}/resume", post(api::resume))
+            .route("/api/queues/{queue}/limits", post(api::limits))
             .route("/api/workers", get(api::workers))
             .route("/api/periodic", get(api::periodic))
             .route("/api/activity", get(api::activity))
@@ -184,4 +195,6 @@ struct State {
     /// The last answers of the two routes that read many rows, shared by every viewer.
     queues: api::SharedAnswer,
     activity: api::SharedAnswer,
+    /// Bulk actions started through this router, with their progress.
+    bulk: bulk::BulkOps,
 }

@@ -278,6 +278,91 @@ async fn a_job_shows_its_decoded_arguments_and_the_actions_its_state_allows() {
 }
 
 #[tokio::test]
+async fn a_job_shows_its_attempts_as_a_timeline_and_the_list_their_duration() {
+    let f = Fixture::new().await;
+    let worker = f.worker(0.0, 30.0).await;
+    let failed = f.job_in("mail", "failed", Some(worker)).await;
+    // Two earlier attempts in its log (and five dropped before them): the third is the row's own.
+    f.sql(&format!(
+        "UPDATE koyo_jobs SET attempts = 8, max_attempts = 8, attempt_log_dropped = 5, attempt_log = jsonb_build_array(
+             jsonb_build_object('attempt', 6, 'worker_id', {worker}, 'hostname', 'host-a',
+                                'started_at', now() - interval '60 seconds', 'ended_at', now() - interval '58 seconds',
+                                'outcome', 'retry', 'error', 'timed out <b>once</b>'),
+             jsonb_build_object('attempt', 7, 'worker_id', 99, 'hostname', NULL,
+                                'started_at', now() - interval '30 seconds', 'ended_at', now() - interval '20 seconds',
+                                'outcome', 'lost', 'error', 'worker 99 was lost during attempt 7'))
+         WHERE id = {failed}"
+    ))
+    .await;
+    let (status, job) = f.get(&format!("/admin/jobs/api/jobs/{failed}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(job["history_dropped"].as_i64(), Some(5), "{job}");
+    let history = job["history"].as_array().unwrap();
+    assert_eq!(history.len(), 3, "{job}");
+    let keys: Vec<&str> = history[0].as_object().unwrap().keys().map(String::as_str).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        ["attempt", "duration_secs", "ended_at", "error", "hostname", "outcome", "started_at", "worker_id"]
+    );
+    let summary: Vec<(i64, &str, &str)> = history
+        .iter()
+        .map(|a| {
+            (a["attempt"].as_i64().unwrap(), a["outcome"].as_str().unwrap(), a["error"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (6, "retry", "timed out <b>once</b>"),
+            (7, "lost", "worker 99 was lost during attempt 7"),
+            (8, "failed", "boom")
+        ]
+    );
+    assert_eq!(
+        (history[0]["worker_id"].as_i64(), history[0]["hostname"].as_str()),
+        (Some(worker), Some("host-a"))
+    );
+    assert!(history[1]["hostname"].is_null());
+    assert_eq!(
+        history[2]["hostname"].as_str(),
+        Some("host-a"),
+        "the latest attempt's worker is still registered"
+    );
+    assert!((history[0]["duration_secs"].as_f64().unwrap() - 2.0).abs() < 0.01, "{}", history[0]);
+    assert!((history[1]["duration_secs"].as_f64().unwrap() - 10.0).abs() < 0.01, "{}", history[1]);
+    for a in history {
+        assert!(
+            a["started_at"].as_str().unwrap().ends_with('Z')
+                && a["ended_at"].as_str().unwrap().ends_with('Z')
+        );
+    }
+
+    // The list: the latest attempt's run time, none for a job that never ran.
+    let ready = f.enqueue(1).await;
+    let (_, list) = f.get("/admin/jobs/api/jobs").await;
+    let duration = |id: i64| {
+        list["jobs"].as_array().unwrap().iter().find(|j| j["id"].as_i64() == Some(id)).unwrap()["duration_secs"]
+            .clone()
+    };
+    assert!(duration(ready).is_null());
+    assert!(duration(failed).as_f64().is_some_and(|d| (1.5..10.0).contains(&d)), "{list}");
+
+    // A retry keeps the failed attempt in the log before the row is reused.
+    let (status, job) = f.post(Method::POST, &format!("/admin/jobs/api/jobs/{failed}/retry")).await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    let outcomes: Vec<(i64, &str)> = job["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["attempt"].as_i64().unwrap(), a["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(outcomes, [(6, "retry"), (7, "lost"), (8, "failed")], "{job}");
+    assert_eq!(job["status"].as_str(), Some("ready"));
+}
+
+#[tokio::test]
 async fn actions_follow_the_state_rules() {
     let f = Fixture::new().await;
     let live = f.worker(1.0, 30.0).await;
@@ -607,4 +692,77 @@ async fn wrong_methods_and_unknown_api_paths_are_json_errors() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{what}: {body}");
         assert!(json_error(&what, &body, &headers).contains("no such"), "{what}: {body}");
     }
+}
+
+/// Posts `body` (JSON text) with the token.
+async fn post_json(f: &Fixture, path: &str, body: &str) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("x-koyo-csrf", TOKEN)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap();
+    let response = f.app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{path}: {e}")))
+}
+
+#[tokio::test]
+async fn queue_limits_are_set_shown_and_cleared_with_the_token_and_bad_ones_refused() {
+    let f = Fixture::new().await;
+    f.enqueue(1).await;
+    let path = "/admin/jobs/api/queues/mail/limits";
+    // Without the token: refused, nothing set.
+    let (status, _, _) = f.call(Method::POST, path, &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let (status, body) =
+        post_json(&f, path, r#"{"max_running": 5, "rate_limit": 100, "rate_period_secs": 60}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["limits"],
+        serde_json::json!({"max_running": 5, "rate_limit": 100, "rate_period_secs": 60.0})
+    );
+    let (_, body) = f.get("/admin/jobs/api/queues").await;
+    assert_eq!(body["queues"][0]["limits"]["max_running"], 5, "{body}");
+    assert_eq!(body["queues"][0]["limits"]["rate_limit"], 100, "{body}");
+
+    for (bad, message) in [
+        (r#"{"max_running": 0}"#, "max_running is a number of jobs"),
+        (r#"{"max_running": -1}"#, "max_running is a number of jobs"),
+        (r#"{"max_running": 1.5}"#, "must be a JSON object"),
+        (r#"{"max_running": "5"}"#, "must be a JSON object"),
+        (r#"{"max_running": 99999999999}"#, "must be a JSON object"),
+        (r#"{"rate_limit": 5}"#, "needs both rate_limit and rate_period_secs"),
+        (r#"{"rate_limit": 5, "rate_period_secs": 0}"#, "rate_period_secs is a number of seconds"),
+        (r#"{"rate_limit": 5, "rate_period_secs": 1e300}"#, "rate_period_secs is a number of seconds"),
+        (r#"{"max_runing": 5}"#, "unknown field"),
+        (r#"[5]"#, "must be a JSON object"),
+        ("not json", "must be a JSON object"),
+    ] {
+        let (status, body) = post_json(&f, path, bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(error_of(&body).contains(message), "{bad}: {body}");
+    }
+    // Nothing above changed the limits.
+    let (_, body) = f.get("/admin/jobs/api/queues").await;
+    assert_eq!(body["queues"][0]["limits"]["max_running"], 5, "{body}");
+    let (status, body) = post_json(&f, "/admin/jobs/api/queues/no%20spaces/limits", "{}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // An empty object clears every limit.
+    let (status, body) = post_json(&f, path, "{}").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = f.get("/admin/jobs/api/queues").await;
+    assert_eq!(
+        body["queues"][0]["limits"],
+        serde_json::json!({"max_running": null, "rate_limit": null, "rate_period_secs": null})
+    );
+
+    let read_only = Fixture::with(|admin| admin.read_only(true)).await;
+    let (status, body) = post_json(&read_only, path, "{}").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(error_of(&body).contains("read-only"));
 }

@@ -4,14 +4,17 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use futures_util::future::try_join_all;
+use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{NoTls, Row};
 
 use crate::error::{Error, QuietLog};
+use crate::hosts::{Hosts, Opened};
 use crate::job::{IntoNewJob, JobId, NewJob, RunAt};
 use crate::unique::Enqueued;
 use crate::{sql, telemetry};
@@ -26,7 +29,12 @@ pub struct BrokerOptions {
     /// from it for claims and completions; each worker also opens one LISTEN connection of
     /// its own, outside the pool.
     pub max_connections: usize,
-    /// How long opening a connection may take before it is an error (default 5 s).
+    /// How long opening a connection to one host may take before it is an error (default 5 s):
+    /// the TCP connect, the start-up handshake, authentication, and with several hosts the
+    /// `target_session_attrs` check. With a multi-host URL (`host=a,b …`) each host gets this
+    /// long before the next is tried, so one attempt takes at most this times the number of
+    /// hosts; and a statement on a multi-host broker that waits this long makes the broker look
+    /// for another writable host (see "Failover" in `docs/operations.md`).
     pub connect_timeout: Duration,
     /// How long to wait for a free pooled connection before it is an error (default 10 s).
     pub acquire_timeout: Duration,
@@ -35,7 +43,8 @@ pub struct BrokerOptions {
     pub statement_timeout: Duration,
     /// Whether to keep named prepared statements on pooled connections (default true). Turn it
     /// off behind PgBouncer in transaction mode: every statement is then sent as one unnamed
-    /// parse-bind-execute round trip.
+    /// parse-bind-execute round trip. Left on there, the broker turns it off by itself at the
+    /// first statement the pooler loses, with a warning ([`Broker::uses_prepared_statements`]).
     pub prepared_statements: bool,
 }
 
@@ -67,6 +76,11 @@ struct Inner {
     /// The enqueues this broker commits itself: how many are in flight per queue, and which
     /// queues wait for a trailing notification.
     announcer: Arc<Announcer>,
+    /// Whether statements go as cached named prepared statements: `options.prepared_statements`,
+    /// until a statement lost on a pooled connection shows a transaction-mode pooler.
+    named: AtomicBool,
+    /// The config's hosts: how connections are opened, and which are still trusted.
+    hosts: Arc<Hosts>,
 }
 
 impl fmt::Debug for Broker {
@@ -99,20 +113,48 @@ impl Broker {
         if config.get_application_name().is_none() {
             config.application_name("koyo-job");
         }
-        let manager = Manager::from_config(
+        let hosts = Arc::new(Hosts::new(&config, options.connect_timeout));
+        let manager = Manager::from_connect(
             config.clone(),
-            NoTls,
+            Connector(hosts.clone()),
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
+        let trusted = hosts.clone();
         let pool = Pool::builder(manager)
             .max_size(options.max_connections)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(options.acquire_timeout))
-            .create_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(hosts.attempt_bound()))
             .recycle_timeout(Some(options.connect_timeout))
+            // After a failover, connections opened before it are closed rather than handed out.
+            .pre_recycle(Hook::sync_fn(move |_, metrics| {
+                if trusted.trusts(metrics.created) {
+                    Ok(())
+                } else {
+                    Err(HookError::message("opened before a failover"))
+                }
+            }))
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(Broker { inner: Arc::new(Inner { pool, options, config, announcer: Arc::default() }) })
+        let named = AtomicBool::new(options.prepared_statements);
+        Ok(Broker {
+            inner: Arc::new(Inner { pool, options, config, announcer: Arc::default(), named, hosts }),
+        })
+    }
+
+    /// Opens a connection of its own (outside the pool) as the pool does: host by host with a
+    /// multi-host config, within `connect_timeout` per host.
+    pub(crate) async fn open_connection(&self) -> Result<Opened, Error> {
+        let limit = self.inner.hosts.attempt_bound();
+        match tokio::time::timeout(limit, self.inner.hosts.open()).await {
+            Ok(opened) => Ok(opened?),
+            Err(_) => Err(Error::Timeout(limit)),
+        }
+    }
+
+    /// The config's hosts, for connections kept outside the pool (the worker's listener).
+    pub(crate) fn hosts(&self) -> &Hosts {
+        &self.inner.hosts
     }
 
     /// The connection pool, for the application's own queries.
@@ -135,39 +177,141 @@ impl Broker {
         &self.inner.options
     }
 
+    /// Whether this broker sends its statements as named prepared statements: what
+    /// [`BrokerOptions::prepared_statements`] says, until the broker finds its connections go
+    /// through a pooler in transaction mode (a prepared statement vanished, or one of the same
+    /// name was already there). It then logs a warning, discards the connection, sends the
+    /// statement again unnamed (it had not run) and sends every later one unnamed.
+    pub fn uses_prepared_statements(&self) -> bool {
+        self.inner.named.load(Ordering::Relaxed)
+    }
+
     /// Runs one of koyo-job's statements on a pooled connection, within the statement timeout.
     /// A connection whose statement timed out is discarded, not returned to the pool: it may
-    /// belong to a server that hangs.
+    /// belong to a server that hangs. With several hosts, a statement refused because its
+    /// server turned read-only (a standby now) is sent once more, on a connection to the
+    /// writable host: the server refused it before running anything.
     pub(crate) async fn query(
         &self,
         stmt: &sql::Statement,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        let prepared = self.inner.options.prepared_statements;
-        self.within_timeout(async |client| {
-            Ok(if prepared {
-                let statement = client.prepare_cached(stmt.sql).await?;
-                client.query(&statement, params).await?
-            } else {
-                query_typed(client, stmt, params).await?
-            })
-        })
-        .await
+        let mut named = self.uses_prepared_statements();
+        let mut moved = !self.inner.hosts.several();
+        loop {
+            let mut client = self.client().await?;
+            let opened = Object::metrics(&client).created;
+            let done = self.bounded(opened, run_statement(&mut client, named, stmt, params)).await;
+            match self.settle(done, client) {
+                Err(symptom @ Error::TransactionPooler(_)) if named => named = self.stop_naming(&symptom),
+                Err(Error::ReadOnly(_)) if !moved => moved = true,
+                answer => return answer,
+            }
+        }
+    }
+
+    /// Runs koyo-job's statements in order, in one transaction on a pooled connection, within
+    /// the statement timeout (as [`Broker::query`]); returns the last one's rows.
+    pub(crate) async fn transaction(
+        &self,
+        stmts: &[(&sql::Statement, &[&(dyn ToSql + Sync)])],
+    ) -> Result<Vec<Row>, Error> {
+        // As in `query`; a transaction broken by a lost statement, or refused by a read-only
+        // server, was rolled back.
+        let mut named = self.uses_prepared_statements();
+        let mut moved = !self.inner.hosts.several();
+        loop {
+            let mut client = self.client().await?;
+            let opened = Object::metrics(&client).created;
+            let done = self.bounded(opened, in_transaction(&mut client, named, stmts)).await;
+            match self.settle(done, client) {
+                Err(symptom @ Error::TransactionPooler(_)) if named => named = self.stop_naming(&symptom),
+                Err(Error::ReadOnly(_)) if !moved => moved = true,
+                answer => return answer,
+            }
+        }
+    }
+
+    /// Stops sending named prepared statements after `symptom` showed they are lost on a
+    /// transaction-mode pooler ([`Error::TransactionPooler`]), saying so once: the server
+    /// refused the statement before running it, so the caller sends it again unnamed. Returns
+    /// `false`, whether to name statements from now on.
+    fn stop_naming(&self, symptom: &Error) -> bool {
+        if self.inner.named.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                error = %symptom,
+                database = self.inner.config.get_dbname().unwrap_or_default(),
+                "koyo-job broker: named prepared statements are lost between transactions on these \
+                 connections, as behind PgBouncer in pool_mode = transaction; this broker sends \
+                 unnamed statements from now on. Set `prepared_statements: false` in BrokerOptions \
+                 and `listen(false)` on workers (notifications do not cross such a pooler)"
+            );
+        }
+        false
     }
 
     /// Runs `work` on a pooled connection within the statement timeout; past it, the connection
-    /// is discarded (it may still be executing) and the answer is [`Error::Timeout`].
+    /// is discarded (it may still be executing) and the answer is [`Error::Timeout`]. A
+    /// connection that showed a transaction-mode pooler ([`Error::TransactionPooler`]) is
+    /// discarded too: its cache names prepared statements the server side does not have; and
+    /// so is one abandoned after a failover ([`Broker::bounded`]), found read-only (SQLSTATE
+    /// 25006) or broken.
     async fn within_timeout<T>(
         &self,
         work: impl AsyncFnOnce(&mut Object) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let mut client = self.client().await?;
-        let limit = self.inner.options.statement_timeout;
-        let done = tokio::time::timeout(limit, work(&mut client)).await;
-        done.unwrap_or_else(|_| {
-            drop(Object::take(client));
-            Err(Error::Timeout(limit))
-        })
+        let opened = Object::metrics(&client).created;
+        let done = self.bounded(opened, work(&mut client)).await;
+        self.settle(done, client)
+    }
+
+    /// Awaits `work`, done on a connection opened at `opened`, within the statement timeout.
+    /// With several hosts it also gives up, with [`Error::FailedOver`], as soon as another host
+    /// takes over ([`Hosts::stale`]: a statement waiting `connect_timeout` makes the broker
+    /// look for one), rather than wait out the statement timeout on a server that hangs.
+    async fn bounded<T>(
+        &self,
+        opened: std::time::Instant,
+        work: impl Future<Output = Result<T, Error>>,
+    ) -> Result<Result<T, Error>, tokio::time::error::Elapsed> {
+        tokio::select! {
+            done = tokio::time::timeout(self.inner.options.statement_timeout, work) => done,
+            () = self.inner.hosts.stale(opened) => Ok(Err(Error::FailedOver)),
+        }
+    }
+
+    /// The answer of work done on `client` within the statement timeout, discarding the
+    /// connection as [`Broker::within_timeout`] says.
+    fn settle<T>(
+        &self,
+        done: Result<Result<T, Error>, tokio::time::error::Elapsed>,
+        client: Object,
+    ) -> Result<T, Error> {
+        match done {
+            Ok(Err(error @ (Error::TransactionPooler(_) | Error::FailedOver))) => {
+                drop(Object::take(client));
+                Err(error)
+            }
+            // Its server is read-only now (a standby): with several hosts, so are the other
+            // connections opened before; the next ones are opened on the writable host.
+            Ok(Err(error @ Error::ReadOnly(_))) => {
+                if self.inner.hosts.several() {
+                    self.inner.hosts.distrust_older();
+                }
+                drop(Object::take(client));
+                Err(error)
+            }
+            Ok(Err(Error::Database(error))) if connection_lost(&error) => {
+                drop(Object::take(client));
+                Err(Error::Database(error))
+            }
+            Ok(answer) => answer,
+            Err(_) => {
+                drop(Object::take(client));
+                Err(Error::Timeout(self.inner.options.statement_timeout))
+            }
+        }
     }
 
     /// Like [`Broker::query`], for statements that return exactly one row.
@@ -473,6 +617,39 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Whether the connection itself failed (closed, or a socket error), rather than a statement.
+fn connection_lost(error: &tokio_postgres::Error) -> bool {
+    error.is_closed() || std::error::Error::source(error).is_some_and(|cause| cause.is::<std::io::Error>())
+}
+
+/// Opens the pool's connections through [`Hosts::open`].
+struct Connector(Arc<Hosts>);
+
+type Connecting<'a> = std::pin::Pin<
+    Box<
+        dyn Future<
+                Output = Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+            > + Send
+            + 'a,
+    >,
+>;
+
+impl deadpool_postgres::Connect for Connector {
+    fn connect(&self, _: &tokio_postgres::Config) -> Connecting<'_> {
+        Box::pin(async move {
+            let (client, connection) = self.0.open().await?;
+            let opened = std::time::Instant::now();
+            let task = tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::warn!(%error, "koyo-job pooled connection failed");
+                }
+            });
+            self.0.track(opened, task.abort_handle());
+            Ok((client, task))
+        })
+    }
+}
+
 /// Clears the "notifier running" flag if the notifier task ends other than by finding nothing
 /// pending (its runtime shut down, or the broker was dropped while it waited to retry), so that
 /// the next mark starts a new one.
@@ -551,6 +728,44 @@ pub(crate) async fn enqueue_unique_with<C: Executor + ?Sized>(
     job: NewJob,
 ) -> Result<Enqueued, Error> {
     insert_unique(client.pg_client(), &job).await
+}
+
+/// Runs one statement on `client`: as a cached named prepared statement if `named`, else
+/// unnamed.
+async fn run_statement(
+    client: &mut Object,
+    named: bool,
+    stmt: &sql::Statement,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, Error> {
+    Ok(if named {
+        let statement = client.prepare_cached(stmt.sql).await?;
+        client.query(&statement, params).await?
+    } else {
+        query_typed(client, stmt, params).await?
+    })
+}
+
+/// See [`Broker::transaction`]. The statements are sent together (pipelined: one round trip
+/// besides `BEGIN` and `COMMIT`); the server runs them in order, each with its own snapshot.
+async fn in_transaction(
+    client: &mut Object,
+    prepared: bool,
+    stmts: &[(&sql::Statement, &[&(dyn ToSql + Sync)])],
+) -> Result<Vec<Row>, Error> {
+    let tx = client.transaction().await?;
+    let mut answers = if prepared {
+        let mut statements = Vec::with_capacity(stmts.len());
+        for (stmt, _) in stmts {
+            statements.push(tx.prepare_cached(stmt.sql).await?);
+        }
+        try_join_all(statements.iter().zip(stmts).map(|(statement, (_, params))| tx.query(statement, params)))
+            .await?
+    } else {
+        try_join_all(stmts.iter().map(|(stmt, params)| query_typed(tx.pg_client(), stmt, params))).await?
+    };
+    tx.commit().await?;
+    Ok(answers.pop().unwrap_or_default())
 }
 
 /// Sends a statement as one unnamed parse-bind-execute round trip.

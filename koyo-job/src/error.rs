@@ -101,6 +101,17 @@ pub enum Error {
         /// What showed it: the versions, or the server's message.
         detail: String,
     },
+    /// A named prepared statement was missing from the server connection (SQLSTATE 26000),
+    /// already there (42P05), or another statement under its name: the connection goes through
+    /// a pooler in transaction mode (PgBouncer's `pool_mode = transaction`), which hands each
+    /// transaction a server connection of its choosing. The broker discards the connection and
+    /// sends its statements unnamed from then on; this error reaches callers only if that too
+    /// fails.
+    #[error(
+        "database error: {}: this looks like a transaction-mode connection pooler (PgBouncer), which          keeps no prepared statement between transactions: set `prepared_statements: false` in          BrokerOptions and `listen(false)` on workers",
+        describe(.0)
+    )]
+    TransactionPooler(#[source] tokio_postgres::Error),
     /// The database is read-only: a hot standby, or `default_transaction_read_only` is on.
     #[error(
         "the database is read-only (a hot standby, or default_transaction_read_only is on): jobs \
@@ -111,6 +122,14 @@ pub enum Error {
     /// A statement took longer than the broker's statement timeout; its connection was dropped.
     #[error("the database did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// A statement was abandoned: its server stopped answering and another host of a multi-host
+    /// URL took over (a failover). Its connection was dropped; the statement may or may not
+    /// have been committed on the old server, and so on the new one.
+    #[error(
+        "the database server stopped answering and another host took over (failover); the statement \
+         was abandoned and may or may not have taken effect"
+    )]
+    FailedOver,
     /// A statement that always returns a row returned none.
     #[error("the statement starting {0:?} returned no row")]
     NoRow(&'static str),
@@ -166,7 +185,9 @@ impl Error {
     /// The SQLSTATE code of a database error, if this is one.
     pub(crate) fn sqlstate(&self) -> Option<&str> {
         match self {
-            Error::Database(e) | Error::ReadOnly(e) => e.code().map(|code| code.code()),
+            Error::Database(e) | Error::ReadOnly(e) | Error::TransactionPooler(e) => {
+                e.code().map(|code| code.code())
+            }
             _ => None,
         }
     }
@@ -195,12 +216,29 @@ impl From<tokio_postgres::Error> for Error {
         if e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) {
             return Error::ReadOnly(e);
         }
+        if lost_statement(&e) {
+            return Error::TransactionPooler(e);
+        }
         // koyo-job's statements name only its own tables.
         match koyo_job_migrate::schema_problem(&e) {
             Some(SchemaProblem::Missing(detail)) => Error::SchemaMissing { detail },
             Some(SchemaProblem::Outdated(detail)) => Error::SchemaOutdated { detail },
             None => Error::Database(e),
         }
+    }
+}
+
+/// Whether the server answered as it does when a connection's named prepared statements are not
+/// the ones it prepared: "prepared statement … does not exist" (26000), "… already exists"
+/// (42P05), or a Bind whose parameters do not fit the statement of that name (08P01). koyo-job
+/// sends no `PREPARE`, `EXECUTE` or `DEALLOCATE` of its own, so this is a pooler's doing.
+fn lost_statement(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    let Some(db) = error.as_db_error() else { return false };
+    match db.code() {
+        &SqlState::INVALID_SQL_STATEMENT_NAME | &SqlState::DUPLICATE_PSTATEMENT => true,
+        &SqlState::PROTOCOL_VIOLATION => db.message().contains("prepared statement"),
+        _ => false,
     }
 }
 

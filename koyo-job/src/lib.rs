@@ -46,6 +46,7 @@
 mod broker;
 mod codec;
 mod error;
+mod hosts;
 mod inline;
 mod job;
 mod middleware;
@@ -120,7 +121,9 @@ pub mod migrations {
 
 /// Creates or upgrades koyo-job's tables (the same as running `koyo-job-migrate`), through a
 /// [`Broker`] or a `deadpool_postgres::Pool`. Safe to call from every process at start-up: it
-/// is idempotent and serialised by an advisory lock.
+/// is idempotent and serialised by an advisory lock. It sends no named prepared statement,
+/// whatever [`BrokerOptions::prepared_statements`] says, so it works behind PgBouncer in any
+/// pool mode.
 pub async fn migrate(db: &impl HasPool) -> Result<migrations::Report, Error> {
     let mut client = db.pool().get().await?;
     Ok(koyo_job_migrate::migrate(&mut client, None).await?)

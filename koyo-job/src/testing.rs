@@ -40,6 +40,9 @@
 //! A test that must stop, restart or crash PostgreSQL cannot do so to a shared server: it starts a
 //! [`PrivateCluster`] instead, with [`ShutdownMode`] for the kind of stop.
 //!
+//! A test of code that runs behind PgBouncer starts a [`PgBouncer`] of its own in front of its
+//! database, in session or transaction [`PoolMode`] (it needs Debian's `pgbouncer` package).
+//!
 //! Connections are made without TLS. Databases are named `koyo_test_<pid>_<n>`; the first use in
 //! a process also drops databases of that form left on a local server by processes that no longer
 //! run (for example after a crash), and never those of a live process.
@@ -58,6 +61,9 @@ use tokio::sync::OnceCell;
 use tokio_postgres::config::{Host, SslMode, TargetSessionAttrs};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
+
+mod pgbouncer;
+pub use pgbouncer::{PgBouncer, PoolMode};
 
 /// Set to `1` to make every [`TestDatabase`] of the process live on a throwaway cluster.
 const PRIVATE_CLUSTER_VAR: &str = "KOYO_TEST_PRIVATE_CLUSTER";
@@ -203,6 +209,18 @@ pub enum TestDbError {
         #[source]
         source: Option<io::Error>,
     },
+    /// PgBouncer is not installed (neither on `PATH` nor as `/usr/sbin/pgbouncer`).
+    #[error("PgBouncer is not installed: install Debian's `pgbouncer` package (apt-get install pgbouncer)")]
+    NoPgBouncer,
+    /// A [`PgBouncer`] could not be started.
+    #[error("could not start a private PgBouncer: {reason}")]
+    PgBouncer {
+        /// What went wrong, with PgBouncer's own messages when it printed any.
+        reason: String,
+        /// The underlying system error, if one.
+        #[source]
+        source: Option<io::Error>,
+    },
     /// The server was found but refused a connection later.
     #[error("could not connect to the test server")]
     Connect(#[source] tokio_postgres::Error),
@@ -324,6 +342,8 @@ pub struct PrivateCluster {
     config: Config,
     server: Option<Child>,
     watchdog: Option<ChildStdin>,
+    /// Whether the server's processes are stopped with `SIGSTOP` ([`PrivateCluster::pause`]).
+    paused: bool,
 }
 
 impl PrivateCluster {
@@ -358,7 +378,127 @@ impl PrivateCluster {
             config,
             server: Some(server),
             watchdog: Some(watchdog),
+            paused: false,
         })
+    }
+
+    /// Starts a streaming standby of this cluster's server: a new cluster, copied from this one
+    /// with `pg_basebackup -R` (which makes it follow this server over a replication
+    /// connection), in its own directory and on its own free port, with this cluster's server
+    /// settings and then `options`' (later ones win: a primary started with
+    /// `synchronous_standby_names` can give its standby `("synchronous_standby_names", "")`).
+    /// Returns once the standby accepts (read-only) connections. It stays a standby until
+    /// [`PrivateCluster::promote`]. Needs `pg_basebackup` next to `postgres`; a cluster with a
+    /// password is not supported.
+    pub async fn start_standby(&self, options: ClusterOptions) -> Result<PrivateCluster, TestDbError> {
+        if self.config.get_password().is_some() || options.password.is_some() {
+            return Err(TestDbError::cluster(
+                "start_standby: clusters with a password are not supported",
+                None,
+            ));
+        }
+        let programs =
+            ServerPrograms { initdb: self.programs.initdb.clone(), postgres: self.programs.postgres.clone() };
+        let port = self.port;
+        let (dir, owner, watchdog, programs) = tokio::task::spawn_blocking(move || {
+            let (dir, owner, watchdog) = make_cluster_dir()?;
+            // Next to `postgres`, or next to what it links to (a link on PATH), or on PATH.
+            let basebackup = [Some(programs.postgres.clone()), fs::canonicalize(&programs.postgres).ok()]
+                .into_iter()
+                .flatten()
+                .map(|postgres| postgres.with_file_name("pg_basebackup"))
+                .find(|path| is_executable(path))
+                .unwrap_or_else(|| PathBuf::from("pg_basebackup"));
+            let mut command = Command::new(&basebackup);
+            command
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-D"])
+                .arg(dir.join("data"))
+                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+                .current_dir(&dir)
+                .stdin(Stdio::null());
+            run_as(&mut command, owner);
+            let output = command.output().map_err(|error| {
+                TestDbError::cluster(format!("could not run {}", basebackup.display()), error)
+            })?;
+            if !output.status.success() {
+                return Err(TestDbError::cluster(
+                    format!(
+                        "{} exited with {}: {}",
+                        basebackup.display(),
+                        output.status,
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    ),
+                    None,
+                ));
+            }
+            Ok((dir, owner, watchdog, programs))
+        })
+        .await
+        .map_err(|error| TestDbError::cluster(format!("setting up the standby panicked: {error}"), None))??;
+        let mut settings = self.settings.clone();
+        settings.extend(options.settings);
+        let (server, config) = launch(&programs, &dir, owner, None, &settings, None).await?;
+        let port = config.get_ports()[0];
+        Ok(PrivateCluster {
+            dir,
+            port,
+            owner,
+            programs,
+            settings,
+            config,
+            server: Some(server),
+            watchdog: Some(watchdog),
+            paused: false,
+        })
+    }
+
+    /// Promotes this standby to a primary (`pg_promote`), and returns once it accepts writes.
+    pub async fn promote(&self) -> Result<(), TestDbError> {
+        let client = connect(&self.config).await.map_err(TestDbError::Connect)?;
+        let promoted: bool =
+            client.query_one("SELECT pg_promote(true, 60)", &[]).await.map_err(TestDbError::Connect)?.get(0);
+        if promoted {
+            Ok(())
+        } else {
+            Err(TestDbError::cluster(
+                format!("the standby was not promoted within 60 s: {}", self.log_tail()),
+                None,
+            ))
+        }
+    }
+
+    /// Stops every process of the server (the postmaster, then each of its children: backends,
+    /// WAL sender, background processes) with `SIGSTOP`: it still accepts TCP connections (the
+    /// kernel does), but answers nothing, like a frozen machine. [`PrivateCluster::resume`] lets
+    /// it go on; [`PrivateCluster::stop`] and dropping the cluster resume it first.
+    pub fn pause(&mut self) -> Result<(), TestDbError> {
+        let pid = self.running_pid()?;
+        // The postmaster first, so that it starts no child after the others were found.
+        signal(pid, "STOP")
+            .map_err(|error| TestDbError::cluster("could not send SIGSTOP to the server", error))?;
+        self.paused = true;
+        for child in children(pid) {
+            signal(child, "STOP")
+                .map_err(|error| TestDbError::cluster("could not send SIGSTOP to a server process", error))?;
+        }
+        Ok(())
+    }
+
+    /// Lets a paused server go on (`SIGCONT`).
+    pub fn resume(&mut self) -> Result<(), TestDbError> {
+        let pid = self.running_pid()?;
+        continue_all(pid)
+            .map_err(|error| TestDbError::cluster("could not send SIGCONT to the server", error))?;
+        self.paused = false;
+        Ok(())
+    }
+
+    /// The server's pid, if it runs.
+    fn running_pid(&mut self) -> Result<u32, TestDbError> {
+        if !self.is_running() {
+            return Err(TestDbError::cluster("the server is not running", None));
+        }
+        Ok(self.server.as_ref().map_or(0, Child::id))
     }
 
     /// Connects to the `postgres` database as the superuser `postgres` (without TLS), with the
@@ -401,7 +541,13 @@ impl PrivateCluster {
         if matches!(server.try_wait(), Ok(None)) {
             signal(server.id(), mode.signal())
                 .map_err(|error| TestDbError::cluster("could not signal the server", error))?;
+            if self.paused {
+                // A stopped process acts on the shutdown signal once it goes on.
+                continue_all(server.id())
+                    .map_err(|error| TestDbError::cluster("could not resume the server", error))?;
+            }
         }
+        self.paused = false;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match server.try_wait() {
@@ -471,6 +617,9 @@ impl Drop for PrivateCluster {
         if let Some(mut server) = self.server.take() {
             if matches!(server.try_wait(), Ok(None)) {
                 let _ = signal(server.id(), ShutdownMode::Immediate.signal());
+                if self.paused {
+                    let _ = continue_all(server.id());
+                }
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while matches!(server.try_wait(), Ok(None)) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(10));
@@ -488,6 +637,30 @@ impl Drop for PrivateCluster {
         // Closing the pipe lets the watchdog go; it finds no server and nothing left to delete.
         drop(self.watchdog.take());
     }
+}
+
+/// The processes whose parent is `pid` (postgres's children run in process groups of their
+/// own, so a signal to the server's group would miss them).
+fn children(pid: u32) -> Vec<u32> {
+    Command::new("ps")
+        .args(["-o", "pid=", "--ppid", &pid.to_string()])
+        .stderr(Stdio::null())
+        .output()
+        .map(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sends `SIGCONT` to the children of `pid`, then to `pid` (a paused server goes on).
+fn continue_all(pid: u32) -> io::Result<()> {
+    for child in children(pid) {
+        let _ = signal(child, "CONT");
+    }
+    signal(pid, "CONT")
 }
 
 /// Sends a signal (`INT`, `QUIT`, …) to a process, through `sh`'s `kill` (std has no `kill(2)`).
@@ -701,6 +874,9 @@ dir=$1
 pid=$(cat "$dir/server.pid" 2>/dev/null || head -n 1 "$dir/data/postmaster.pid" 2>/dev/null)
 if [ -n "$pid" ]; then
     kill -INT "$pid" 2>/dev/null
+    # A paused server (SIGSTOP) acts on signals once it goes on.
+    for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do kill -CONT "$child" 2>/dev/null; done
+    kill -CONT "$pid" 2>/dev/null
     n=0
     while [ -f "$dir/data/postmaster.pid" ] && kill -0 "$pid" 2>/dev/null; do
         n=$((n + 1))
@@ -820,12 +996,9 @@ async fn launch(
 /// The OS user the cluster runs as, when this process is root: `(uid, gid)`.
 type Owner = Option<(u32, u32)>;
 
-/// Makes the directory, starts its watchdog and runs `initdb` (blocking). With a password, TCP
-/// connections must give it (`scram-sha-256`); without one, every connection is trusted.
-fn prepare_cluster(
-    programs: &ServerPrograms,
-    password: Option<&str>,
-) -> Result<(PathBuf, Owner, ChildStdin), TestDbError> {
+/// Makes a new private directory for a cluster, gives it to the `postgres` OS user when this
+/// process is root, and starts the directory's watchdog (see [`WATCHDOG_SCRIPT`]).
+fn make_cluster_dir() -> Result<(PathBuf, Owner, ChildStdin), TestDbError> {
     let dir = make_private_dir()?;
 
     let owner = if fs::metadata(&dir)
@@ -856,6 +1029,17 @@ fn prepare_cluster(
         .stdin
         .take()
         .ok_or_else(|| TestDbError::cluster("the watchdog has no stdin", None))?;
+
+    Ok((dir, owner, watchdog))
+}
+
+/// Makes the directory, starts its watchdog and runs `initdb` (blocking). With a password, TCP
+/// connections must give it (`scram-sha-256`); without one, every connection is trusted.
+fn prepare_cluster(
+    programs: &ServerPrograms,
+    password: Option<&str>,
+) -> Result<(PathBuf, Owner, ChildStdin), TestDbError> {
+    let (dir, owner, watchdog) = make_cluster_dir()?;
 
     let mut initdb = Command::new(&programs.initdb);
     initdb

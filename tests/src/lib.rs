@@ -231,7 +231,7 @@ pub mod chaos {
 
     use koyo_job::testing::{PrivateCluster, TestDatabase};
     use koyo_job::tokio_postgres::Row;
-    use koyo_job::tokio_postgres::types::ToSql;
+    use koyo_job::tokio_postgres::types::{ToSql, Type};
     use koyo_job::{Broker, BrokerOptions, JobId, define_job};
     use time::OffsetDateTime;
     use tokio::sync::watch;
@@ -276,6 +276,10 @@ pub mod chaos {
     struct Running {
         seq: i64,
         closed: bool,
+        /// The job, attempt and start time of the row: what closes it if `seq` is not enough.
+        job_id: i64,
+        attempt: i32,
+        started: OffsetDateTime,
     }
 
     impl Running {
@@ -286,14 +290,29 @@ pub mod chaos {
                 .client()
                 .await
                 .map_err(|e| e.to_string())?
-                .query_one(
+                // Unnamed (`query_typed`), so that the chaos jobs also run behind PgBouncer in
+                // transaction mode (tests/tests/pgbouncer.rs).
+                .query_typed_one(
                     "INSERT INTO chaos_ledger (n, job_id, attempt, job, worker, pid, started_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
-                    &[&n, &job_id, &attempt, &job, &label(), &(std::process::id() as i32), &started],
+                    &[
+                        (&n, Type::INT8),
+                        (&job_id, Type::INT8),
+                        (&attempt, Type::INT4),
+                        (&job, Type::TEXT),
+                        (&label(), Type::TEXT),
+                        (&(std::process::id() as i32), Type::INT4),
+                        (&started, Type::TIMESTAMPTZ),
+                    ],
                 )
                 .await
-                .map_err(|e| e.to_string())?;
-            Ok(Running { seq: row.get(0), closed: false })
+                .map_err(|e| {
+                    // The insert may have committed all the same (its answer lost with the
+                    // connection): close the row, if there is one, once the database answers.
+                    close_later(job_id, attempt, started, "begin-failed", false);
+                    e.to_string()
+                })?;
+            Ok(Running { seq: row.get(0), closed: false, job_id, attempt, started })
         }
 
         async fn finish(self) -> Result<(), String> {
@@ -313,9 +332,9 @@ pub mod chaos {
             .client()
             .await
             .map_err(|e| e.to_string())?
-            .execute(
+            .query_typed(
                 "UPDATE chaos_ledger SET ended_at = $2, outcome = $3 WHERE seq = $1",
-                &[&seq, &at, &outcome],
+                &[(&seq, Type::INT8), (&at, Type::TIMESTAMPTZ), (&outcome, Type::TEXT)],
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -324,25 +343,68 @@ pub mod chaos {
 
     impl Drop for Running {
         fn drop(&mut self) {
-            if self.closed {
-                return;
-            }
-            let (seq, at) = (self.seq, OffsetDateTime::now_utc());
-            struct Pending;
-            impl Drop for Pending {
-                fn drop(&mut self) {
-                    PENDING_WRITES.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-            PENDING_WRITES.fetch_add(1, Ordering::SeqCst);
-            let pending = Pending;
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _pending = pending;
-                    let _ = close(seq, at, "dropped").await;
-                });
+            if !self.closed {
+                // Even over an `ok` its own write sent just before the body was dropped.
+                close_later(self.job_id, self.attempt, self.started, "dropped", true);
             }
         }
+    }
+
+    /// Closes this process's ledger row for `job_id`'s `attempt` started at `started` (if there
+    /// is one; if it is closed already, only when `overwrite`) as ended now, in a task that
+    /// retries for up to 20 s while the database does not answer (a restart, a failover): an
+    /// execution whose own ledger write failed still gets its end recorded. A pending write
+    /// ([`wait_for_pending_writes`]).
+    fn close_later(
+        job_id: i64,
+        attempt: i32,
+        started: OffsetDateTime,
+        outcome: &'static str,
+        overwrite: bool,
+    ) {
+        let at = OffsetDateTime::now_utc();
+        struct Pending;
+        impl Drop for Pending {
+            fn drop(&mut self) {
+                PENDING_WRITES.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        PENDING_WRITES.fetch_add(1, Ordering::SeqCst);
+        let pending = Pending;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            let _pending = pending;
+            let pid = std::process::id() as i32;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while tokio::time::Instant::now() < deadline {
+                let closed = async {
+                    broker()?
+                        .client()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .query_typed(
+                            "UPDATE chaos_ledger SET ended_at = $5, outcome = $6
+                             WHERE job_id = $1 AND attempt = $2 AND pid = $3 AND started_at = $4
+                               AND (ended_at IS NULL OR $7)",
+                            &[
+                                (&job_id, Type::INT8),
+                                (&attempt, Type::INT4),
+                                (&pid, Type::INT4),
+                                (&started, Type::TIMESTAMPTZ),
+                                (&at, Type::TIMESTAMPTZ),
+                                (&outcome, Type::TEXT),
+                                (&overwrite, Type::BOOL),
+                            ],
+                        )
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                if tokio::time::timeout(Duration::from_secs(2), closed).await.is_ok_and(|r| r.is_ok()) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
     }
 
     /// Works for `work_ms` (asleep), between two ledger writes.
@@ -942,6 +1004,7 @@ pub mod chaos {
         pub job_timeout_ms: Option<u64>,
         pub max_connections: Option<usize>,
         pub statement_timeout_ms: Option<u64>,
+        pub connect_timeout_ms: Option<u64>,
         pub prefetch: Option<usize>,
         pub flush_ms: Option<u64>,
     }
@@ -963,6 +1026,7 @@ pub mod chaos {
                 job_timeout_ms: None,
                 max_connections: None,
                 statement_timeout_ms: None,
+                connect_timeout_ms: None,
                 prefetch: None,
                 flush_ms: None,
             }
@@ -1018,6 +1082,12 @@ pub mod chaos {
             self
         }
 
+        /// The broker's connect timeout, per host (default: the broker's default).
+        pub fn connect_timeout_ms(mut self, ms: u64) -> Self {
+            self.connect_timeout_ms = Some(ms);
+            self
+        }
+
         /// The worker's prefetch setting (default: the worker's default).
         pub fn prefetch(mut self, jobs: usize) -> Self {
             self.prefetch = Some(jobs);
@@ -1056,6 +1126,9 @@ pub mod chaos {
             }
             if let Some(ms) = self.flush_ms {
                 args.push(format!("--flush-ms={ms}"));
+            }
+            if let Some(ms) = self.connect_timeout_ms {
+                args.push(format!("--connect-timeout-ms={ms}"));
             }
             args
         }

@@ -37,6 +37,15 @@ async fn rebuild_index(shard: i32, full: bool) {
     let _ = (shard, full);
 }
 
+/// Fails its first two attempts (with markup in the error, which the page must show as text),
+/// then succeeds.
+#[define_job(queue = "exports", max_attempts = 5)]
+async fn export_report(report: String) -> Result<(), String> {
+    let _ = report;
+    let attempt = koyo_job::current_job().expect("a job body knows its job").attempt;
+    if attempt <= 2 { Err(format!("<b>storage</b> busy on attempt {attempt}")) } else { Ok(()) }
+}
+
 /// Lets the screenshot's running webhook jobs finish.
 static WEBHOOKS_RELEASED: AtomicBool = AtomicBool::new(false);
 
@@ -332,6 +341,68 @@ async fn cancel_a_running_job_from_its_detail() {
     assert_no_page_errors(&browser);
 }
 
+/// A job that failed twice and then succeeded: its detail shows the three attempts in order,
+/// each with its outcome, worker, times, duration and error (as text), and the count of
+/// attempts the log no longer keeps; the job list shows how long the latest attempt ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_detail_shows_every_attempt_and_the_list_their_duration() {
+    let Some(browser) = browser_or_skip("the_detail_shows_every_attempt_and_the_list_their_duration") else {
+        return;
+    };
+    let env = env().await;
+    let id = export_report("q3".into()).enqueue_on(&env.broker).await.unwrap();
+    let worker = env.worker().queue("exports").start().await.unwrap();
+    let worker_id = worker.id();
+    env.wait_for_status(id, "done", RUN).await;
+    worker.shutdown().await;
+    let base = serve_admin(&env.broker, Mount::Mount).await;
+    browser.goto(&format!("{base}#job/{id}")).unwrap();
+    wait_for_text(&browser, "#detail-status", "done");
+
+    let attempts_js = "[...document.querySelectorAll('#detail-history li[data-attempt]')].map(li => [\
+         li.getAttribute('data-attempt'), li.querySelector('.pill')?.textContent, \
+         li.querySelector('.attempt-worker')?.textContent ?? null, \
+         li.querySelector('.attempt-error')?.textContent ?? null, \
+         li.querySelector('.attempt-duration')?.textContent ?? null, \
+         li.querySelector('.attempt-time')?.textContent ?? null, \
+         li.querySelectorAll('b').length])";
+    browser
+        .wait_for(&format!("{attempts_js}.length === 3"), UI)
+        .unwrap_or_else(|e| panic!("#detail-history never listed three attempts: {e}"));
+    let shown = browser.eval(attempts_js).unwrap();
+    let shown = shown.as_array().unwrap();
+    let worker_text = format!("worker {worker_id} on ");
+    for (n, attempt) in shown.iter().enumerate() {
+        let want_outcome = if n < 2 { "retry" } else { "done" };
+        assert_eq!(
+            (attempt[0].as_str(), attempt[1].as_str()),
+            (Some(&*(n + 1).to_string()), Some(want_outcome))
+        );
+        let worker = attempt[2].as_str().unwrap_or_default();
+        // The host is kept for the two logged attempts; the worker has deregistered since.
+        assert!(
+            worker.starts_with(&worker_text) || (n == 2 && worker == format!("worker {worker_id}")),
+            "{attempt}"
+        );
+        let duration = attempt[4].as_str().unwrap_or_default();
+        assert!(duration.ends_with(" s"), "a duration such as 0.1 s: {attempt}");
+        let times = attempt[5].as_str().unwrap_or_default();
+        assert!(times.contains(" UTC → ") && times.ends_with(" UTC"), "start → end: {attempt}");
+        assert_eq!(attempt[6], json!(0), "no element from the error's text: {attempt}");
+    }
+    assert_eq!(shown[0][3].as_str(), Some("failed: <b>storage</b> busy on attempt 1"), "{shown:?}");
+    assert_eq!(shown[1][3].as_str(), Some("failed: <b>storage</b> busy on attempt 2"), "{shown:?}");
+    assert_eq!(shown[2][3], Value::Null, "the successful attempt has no error: {shown:?}");
+    assert_eq!(browser.eval(&text_of("#detail-history-note")).unwrap(), json!(""));
+
+    // The list's duration cell, and the count of dropped attempts once there is one.
+    let cell = browser.eval(&text_of(&format!("{} [data-col=duration]", row(id)))).unwrap();
+    assert!(cell.as_str().is_some_and(|t| t.ends_with(" s")), "the list shows the duration: {cell}");
+    env.query("UPDATE koyo_jobs SET attempt_log_dropped = 3 WHERE id = $1", &[&id.0]).await;
+    wait_for_text(&browser, "#detail-history-note", "3 earlier attempts not kept");
+    assert_no_page_errors(&browser);
+}
+
 /// A queue paused from its row (after the confirmation) shows as paused, no worker claims its
 /// jobs, and resuming it from the same row lets them run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,6 +582,28 @@ async fn screenshot_of_a_busy_admin_page() {
         .first()
         .expect("the seeding failed at least one billing job")
         .get(0);
+    // Its attempts: two that failed and were retried (one of them on a worker that was lost),
+    // then the final one, the row's own.
+    env.query(
+        "UPDATE koyo_jobs SET attempts = 3, max_attempts = 3, created_at = started_at - interval '96 seconds',
+                              attempt_log = jsonb_build_array(
+             jsonb_build_object('attempt', 1, 'worker_id', 3, 'hostname', 'worker-a.internal',
+                                'started_at', started_at - interval '95 seconds', 'ended_at', started_at - interval '93 seconds',
+                                'outcome', 'retry', 'error', 'payment gateway timed out after 2 s'),
+             jsonb_build_object('attempt', 2, 'worker_id', 4, 'hostname', 'worker-b.internal',
+                                'started_at', started_at - interval '40 seconds', 'ended_at', started_at - interval '9 seconds',
+                                'outcome', 'lost', 'error', 'worker 4 was lost during attempt 2 (its heartbeat stopped)'))
+         WHERE id = $1",
+        &[&failed],
+    )
+    .await;
+    // The webhooks queue runs under fleet-wide limits (its 3 running jobs are at the first).
+    env.query(
+        "INSERT INTO koyo_queues (queue, max_running, rate_limit, rate_period_secs, limited_by)
+         VALUES ('webhooks', 3, 120, 60, 'the screenshot')",
+        &[],
+    )
+    .await;
     let base = serve_admin(&env.broker, Mount::Nest).await;
     browser.goto(&format!("{base}#job/{failed}")).unwrap();
     wait_for_text(&browser, "#detail-status", "failed");
@@ -520,7 +613,8 @@ async fn screenshot_of_a_busy_admin_page() {
              && document.querySelectorAll('#charts figure[data-queue] svg').length === 4 \
              && document.querySelectorAll('#workers tbody tr[data-worker-id]').length === 1 \
              && document.querySelectorAll('#jobs tbody tr[data-job-id]').length >= 20 \
-             && document.querySelector('#detail-args pre') !== null",
+             && document.querySelector('#detail-args pre') !== null \
+             && document.querySelectorAll('#detail-history li[data-attempt]').length === 3",
             UI,
         )
         .unwrap_or_else(|e| panic!("the busy page did not fill in: {e}"));
@@ -538,4 +632,63 @@ async fn screenshot_of_a_busy_admin_page() {
 
     WEBHOOKS_RELEASED.store(true, Ordering::SeqCst);
     worker.shutdown().await;
+}
+
+/// A queue's fleet-wide limits set from its row (the page asks for each, this test answers),
+/// stored, and shown in the row; bad answers are refused with a message and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_a_queue_s_limits_from_the_page() {
+    let Some(browser) = browser_or_skip("set_a_queue_s_limits_from_the_page") else { return };
+    let env = env().await;
+    rebuild_index(1, false).enqueue_on(&env.broker).await.unwrap();
+    let base = serve_admin(&env.broker, Mount::Mount).await;
+    browser.goto(&base).unwrap();
+    let search = "#queues tbody tr[data-queue=\"search\"]";
+    wait_for_text(&browser, &format!("{search} td[data-limits] .limits-text"), "none");
+    let answer = |answers: &[&str]| {
+        let list: Vec<String> = answers.iter().map(|a| js(a)).collect();
+        browser
+            .eval(&format!(
+                "window.koyoAnswers = [{}]; window.prompt = () => window.koyoAnswers.shift() ?? null",
+                list.join(",")
+            ))
+            .unwrap();
+    };
+    // Bad answers: refused, nothing stored.
+    answer(&["two", ""]);
+    browser.click(&format!("{search} button[data-limits-queue]")).unwrap();
+    browser
+        .wait_for(&format!("{}?.includes('not a number of jobs')", text_of("#status-line")), UI)
+        .unwrap_or_else(|e| panic!("no message for a bad answer: {e}"));
+    answer(&["", "30 per minute"]);
+    browser.click(&format!("{search} button[data-limits-queue]")).unwrap();
+    browser
+        .wait_for(&format!("{}?.includes('not N/DURATION')", text_of("#status-line")), UI)
+        .unwrap_or_else(|e| panic!("no message for a bad rate: {e}"));
+    assert!(env.query("SELECT 1 FROM koyo_queues WHERE queue = 'search'", &[]).await.is_empty());
+
+    answer(&["2", "30/1m"]);
+    browser.click(&format!("{search} button[data-limits-queue]")).unwrap();
+    wait_for_text(
+        &browser,
+        &format!("{search} td[data-limits] .limits-text"),
+        "≤ 2 running · ≤ 30 starts / 1 m",
+    );
+    let stored = &env
+        .query("SELECT max_running, rate_limit, rate_period_secs, limited_by FROM koyo_queues WHERE queue = 'search'", &[])
+        .await[0];
+    assert_eq!(
+        (
+            stored.get::<_, i32>(0),
+            stored.get::<_, i32>(1),
+            stored.get::<_, f64>(2),
+            stored.get::<_, String>(3)
+        ),
+        (2, 30, 60.0, "the admin page".to_owned())
+    );
+    // Emptied answers remove both limits.
+    answer(&["", ""]);
+    browser.click(&format!("{search} button[data-limits-queue]")).unwrap();
+    wait_for_text(&browser, &format!("{search} td[data-limits] .limits-text"), "none");
+    assert_no_page_errors(&browser);
 }

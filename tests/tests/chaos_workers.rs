@@ -73,6 +73,14 @@ async fn a_killed_worker_s_jobs_run_again_elsewhere_within_the_lease() {
             "{job:?}"
         );
         assert!(job.last_error.as_deref().unwrap_or("").contains("was lost during attempt 1"), "{job:?}");
+        // Its timeline: the attempt lost with the killed worker (and that worker's host), then
+        // the one that finished it.
+        let client = db.broker.client().await.unwrap();
+        let detail = koyo_job::admin::job(&client, id.0).await.unwrap().unwrap();
+        let timeline: Vec<_> =
+            detail.history.iter().map(|h| (h.attempt, h.outcome.as_str(), h.worker_id)).collect();
+        assert_eq!(timeline, [(1, "lost", Some(a.worker_id())), (2, "done", Some(b.worker_id()))]);
+        assert!(detail.history[0].hostname.is_some(), "{:?}", detail.history[0]);
         let runs: Vec<_> = executions.iter().filter(|e| e.job_id == id.0).collect();
         assert_eq!(runs.len(), 2, "{runs:#?}");
         assert_eq!((runs[0].worker.as_str(), runs[0].attempt, runs[0].ended_at), ("a", 1, None));

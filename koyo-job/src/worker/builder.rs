@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -127,7 +127,8 @@ pub(super) struct Settings {
     pub(super) retention: Retention,
     pub(super) prune_interval: Duration,
     pub(super) listen: bool,
-    /// Jobs claimed ahead of free slots while draining a backlog; `None`: four times `pool_size`.
+    /// Jobs claimed ahead of free slots while draining a backlog; `None`: four times `pool_size`,
+    /// at least 32.
     pub(super) prefetch: Option<usize>,
     /// Schedules added with [`WorkerBuilder::periodic`].
     pub(super) periodic: Vec<Periodic>,
@@ -141,7 +142,10 @@ impl Settings {
 
     /// How many claimed jobs may wait in the worker for a free slot.
     pub(super) fn prefetch(&self) -> usize {
-        self.prefetch.unwrap_or(self.pool_size.saturating_mul(4).min(100_000))
+        // At least 32: a small pool draining short jobs is bound by its claims (one commit
+        // each), so it needs jobs ahead as much as a big pool does; how many it really holds
+        // still follows the pace of its jobs (`prefetch_target`).
+        self.prefetch.unwrap_or(self.pool_size.saturating_mul(4).clamp(32, 100_000))
     }
 }
 
@@ -243,14 +247,14 @@ impl WorkerBuilder {
     }
 
     /// At most how many jobs beyond its free slots the worker claims ahead while it drains a
-    /// backlog (default: four times `pool_size`; 0 turns prefetching off). Prefetched jobs wait in
-    /// the worker, already `running` under its name and covered by its heartbeat, so a slot
-    /// that frees starts the next job without a round trip, and each claim fetches more jobs at
-    /// once. A worker prefetches only while its last claim came back full, and only as many
-    /// jobs as its pool runs in about two claim round trips (at least one): short jobs get the
-    /// whole setting, long ones one. Shutdown gives prefetched jobs back at once, their attempt
-    /// not counted. If the worker dies, they are rescued with its running jobs after the lease,
-    /// and the attempt counts (as for any claimed job).
+    /// backlog (default: four times `pool_size`, at least 32; 0 turns prefetching off).
+    /// Prefetched jobs wait in the worker, already `running` under its name and covered by its
+    /// heartbeat, so a slot that frees starts the next job without a round trip, and each claim
+    /// fetches more jobs at once. A worker prefetches only while its last claim came back full,
+    /// and only as many jobs as its pool runs in about two claim round trips (at least one):
+    /// short jobs get the whole setting, long ones one. Shutdown gives prefetched jobs back at
+    /// once, their attempt not counted. If the worker dies, they are rescued with its running jobs
+    /// after the lease, and the attempt counts (as for any claimed job).
     pub fn prefetch(mut self, jobs: usize) -> Self {
         self.settings.prefetch = Some(jobs);
         self
@@ -323,6 +327,8 @@ impl WorkerBuilder {
             prefetch_target: AtomicUsize::new(0),
             run_micros: AtomicU64::new(0),
             held: Mutex::new(HashSet::new()),
+            limited: Mutex::new(Vec::new()),
+            limited_full: AtomicBool::new(false),
             completions: done_tx,
             flush_by: watch::channel(None).0,
             _serving: serving,

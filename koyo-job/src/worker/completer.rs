@@ -99,7 +99,10 @@ impl Writer<'_> {
                 continue;
             }
             match self.write_retrying(&part).await {
-                Ok(()) => self.forget(&part),
+                Ok(()) => {
+                    self.forget(&part);
+                    self.room_under_limits(&part);
+                }
                 Err(Unwritten::OutOfTime) => {
                     self.forget(&part);
                     self.unwritten.extend(part.iter().map(|c| c.claim));
@@ -137,6 +140,8 @@ impl Writer<'_> {
     /// flush deadline, a write in progress is abandoned when it passes.
     async fn write_retrying(&mut self, batch: &[Completion]) -> Result<(), Unwritten> {
         let mut pause = Duration::from_millis(50);
+        // A failover (another host took over) ends the wait: the next try goes to the new host.
+        let mut failovers = self.shared.broker.hosts().subscribe();
         loop {
             let attempt = write_batch(self.shared, batch);
             tokio::pin!(attempt);
@@ -168,6 +173,9 @@ impl Writer<'_> {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline.map_or(wake, |by| by.min(wake))) => {}
                 _ = self.flush_by.changed() => {}
+                Ok(()) = failovers.changed() => {
+                    pause = Duration::from_millis(25);
+                }
             }
             pause = (pause * 2).min(Duration::from_secs(5));
         }
@@ -175,6 +183,17 @@ impl Writer<'_> {
 
     /// The jobs of `batch` are no longer held by this worker: written, given up, or left to the
     /// tick to give back.
+    /// A job of a queue with a fleet-wide limit has ended (and that is written): there may be
+    /// room under the limit again, so claim from the limited queues at once.
+    fn room_under_limits(&self, batch: &[Completion]) {
+        let limited = self.shared.limited.lock().unwrap_or_else(|p| p.into_inner());
+        if !limited.is_empty() && batch.iter().any(|c| limited.contains(&c.queue)) {
+            drop(limited);
+            self.shared.limited_full.store(false, std::sync::atomic::Ordering::Relaxed);
+            self.shared.wake.notify_one();
+        }
+    }
+
     fn forget(&self, batch: &[Completion]) {
         let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
         for c in batch {

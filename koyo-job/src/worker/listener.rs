@@ -5,10 +5,9 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::Shared;
 use crate::error::{Error, QuietLog};
@@ -35,21 +34,24 @@ pub(super) async fn listen(shared: Arc<Shared>) {
     }
 }
 
-pub(super) async fn listen_once(shared: &Shared) -> Result<(), Error> {
-    // connect_timeout covers only the TCP connect; a hung server also stalls the start-up
-    // handshake, so bound the whole of it.
+pub(super) async fn listen_once(shared: &Arc<Shared>) -> Result<(), Error> {
+    // As the pool does: with several hosts, host by host, each start-up within connect_timeout
+    // (tokio-postgres's own bounds only the TCP connect, and a hung server stalls the handshake).
     let limit = shared.broker.options().connect_timeout;
-    let (client, mut connection) = tokio::time::timeout(limit, shared.broker.config().connect(NoTls))
-        .await
-        .map_err(|_| Error::Timeout(limit))??;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
+    let (client, mut connection) = shared.broker.open_connection().await?;
+    let opened = std::time::Instant::now();
+    // After a failover this connection may sit on a server that no longer answers: nothing
+    // would ever arrive, so reconnect as soon as the broker distrusts it.
+    let hosts = shared.broker.hosts();
+    let mut failovers = hosts.subscribe();
+    // The task that reads the connection acts on each notification itself: a wake-up reaches
+    // the main loop with no other task in between (a hop measured in the pickup latency).
+    let driven = shared.clone();
+    let mut driver = tokio::spawn(async move {
         loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    if tx.send(n).is_err() {
-                        return Ok(());
-                    }
+                    notified(&driven, &n);
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e),
@@ -63,30 +65,50 @@ pub(super) async fn listen_once(shared: &Shared) -> Result<(), Error> {
         .map_err(|_| Error::Timeout(limit))??;
     shared.wake.notify_one();
     shared.tick_soon.notify_one();
-    while let Some(n) = rx.recv().await {
-        if n.channel() == sql::CANCEL_CHANNEL {
-            // `<worker id> <job id>`: only this worker's jobs.
-            let mut ids = n.payload().split(' ').map(str::parse::<i64>);
-            if let (Some(Ok(worker)), Some(Ok(job))) = (ids.next(), ids.next())
-                && worker == shared.worker_id.load(std::sync::atomic::Ordering::Relaxed)
-            {
-                shared.cancel_running(job);
+    // Until the connection ends, or a failover leaves it on a server the broker distrusts.
+    let ended = loop {
+        tokio::select! {
+            ended = &mut driver => break ended,
+            changed = failovers.changed(), if hosts.several() => {
+                if changed.is_ok() && !hosts.trusts(opened) {
+                    tracing::info!("koyo-job worker reconnects its LISTEN connection after a failover");
+                    return Ok(());
+                }
             }
-            continue;
         }
-        if !shared.settings.queues.iter().any(|q| q == n.payload()) {
-            continue;
-        }
-        match n.channel() {
-            sql::READY_CHANNEL => shared.wake.notify_one(),
-            sql::SCHEDULED_CHANNEL => shared.tick_soon.notify_one(),
-            _ => {}
-        }
-    }
+    };
     drop(client);
-    match driver.await {
+    match ended {
         Ok(result) => Ok(result?),
         Err(_) => Ok(()),
+    }
+}
+
+/// Turns one notification into a wake-up of the main loop, a tick, or a cancel.
+fn notified(shared: &Shared, n: &tokio_postgres::Notification) {
+    if n.channel() == sql::CANCEL_CHANNEL {
+        // `<worker id> <job id>`: only this worker's jobs.
+        let mut ids = n.payload().split(' ').map(str::parse::<i64>);
+        if let (Some(Ok(worker)), Some(Ok(job))) = (ids.next(), ids.next())
+            && worker == shared.worker_id.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            shared.cancel_running(job);
+        }
+        return;
+    }
+    if !shared.settings.queues.iter().any(|q| q == n.payload()) {
+        return;
+    }
+    match n.channel() {
+        sql::READY_CHANNEL => {
+            // A limited queue got a ready job: claim from the limited queues again.
+            if shared.limited.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|q| q == n.payload()) {
+                shared.limited_full.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+            shared.wake.notify_one()
+        }
+        sql::SCHEDULED_CHANNEL => shared.tick_soon.notify_one(),
+        _ => {}
     }
 }
 

@@ -85,8 +85,13 @@ pub(super) async fn main_loop(
             let limit = free + ahead;
             if limit > 0 {
                 let sent = Instant::now();
-                match claim(&shared, limit).await {
-                    Ok(jobs) => {
+                match claim(&shared, free, limit).await {
+                    Ok((jobs, next_room)) => {
+                        if let Some(room) = next_room {
+                            // A rate-limited queue has room again then: look at the table.
+                            let at = Instant::now() + room;
+                            next_due = Some(next_due.map_or(at, |due| due.min(at)));
+                        }
                         let took = sent.elapsed();
                         claim_time = Some(claim_time.map_or(took, |avg| (avg * 7 + took) / 8));
                         retry_at = None;
@@ -236,18 +241,34 @@ pub(super) async fn room_made(shared: &Shared, prefetch: usize, linger: Duration
     let _ = tokio::time::timeout(linger, shared.slots.acquire_many(shared.settings.pool_size as u32)).await;
 }
 
-pub(super) async fn claim(shared: &Shared, limit: usize) -> Result<Vec<ClaimedJob>, Error> {
+/// Claims up to `limit` jobs: first, into at most `free` slots (never ahead of them: a
+/// prefetched job would hold a place under the limit without running), from the queues with
+/// fleet-wide limits, then the rest from the others. Also answers when a rate-limited queue at
+/// its limit has room again.
+pub(super) async fn claim(
+    shared: &Shared,
+    free: usize,
+    limit: usize,
+) -> Result<(Vec<ClaimedJob>, Option<Duration>), Error> {
     let worker_id = shared.worker_id.load(Ordering::Relaxed);
     let span = tracing::debug_span!("koyo_job.claim", worker_id, limit, claimed = tracing::field::Empty);
-    let rows = shared
-        .broker
-        .query(&sql::CLAIM, &[&shared.settings.queues, &(limit as i64), &worker_id])
-        .instrument(span.clone())
-        .await?;
-    span.record("claimed", rows.len());
-    Ok(rows
-        .into_iter()
-        .map(|row| ClaimedJob {
+    let mut jobs = Vec::new();
+    let mut next_room = None;
+    let limited = shared.limited.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if !limited.is_empty() && free > 0 && !shared.limited_full.load(Ordering::Relaxed) {
+        let (claimed, room) =
+            claim_limited(shared, &limited, free.min(limit), worker_id).instrument(span.clone()).await?;
+        jobs = claimed;
+        next_room = room;
+    }
+    if jobs.len() < limit {
+        let rest = (limit - jobs.len()) as i64;
+        let rows = shared
+            .broker
+            .query(&sql::CLAIM, &[&shared.settings.queues, &rest, &worker_id])
+            .instrument(span.clone())
+            .await?;
+        jobs.extend(rows.into_iter().map(|row| ClaimedJob {
             claim: Claim { id: JobId(row.get(0)), attempt: row.get(4), worker_id },
             queue: row.get(1),
             name: row.get(2),
@@ -255,8 +276,60 @@ pub(super) async fn claim(shared: &Shared, limit: usize) -> Result<Vec<ClaimedJo
             max_attempts: row.get(5),
             waited: Duration::from_secs_f64(row.get::<_, f64>(6).clamp(0.0, 1e9)),
             claimed_at: Instant::now(),
+        }));
+    }
+    span.record("claimed", jobs.len());
+    Ok((jobs, next_room))
+}
+
+/// Claims from the queues with fleet-wide limits ([`sql::CLAIM_LIMITED`]), in a transaction
+/// that first locks their rows ([`sql::LOCK_LIMITED`]). Marks them full when each is at its
+/// limit.
+async fn claim_limited(
+    shared: &Shared,
+    queues: &[String],
+    limit: usize,
+    worker_id: i64,
+) -> Result<(Vec<ClaimedJob>, Option<Duration>), Error> {
+    let queues = queues.to_vec();
+    let limit = limit as i64;
+    let rows = shared
+        .broker
+        .transaction(&[
+            (&sql::LOCK_LIMITED, &[&queues]),
+            (&sql::CLAIM_LIMITED, &[&queues, &limit, &worker_id]),
+        ])
+        .await?;
+    let Some(row) = rows.first() else { return Ok((Vec::new(), None)) };
+    let ids: Vec<i64> = row.get("ids");
+    let names: Vec<String> = row.get("jobs");
+    let queue_names: Vec<String> = row.get("queues");
+    let args: Vec<Vec<u8>> = row.get("args");
+    let attempts: Vec<i32> = row.get("attempts");
+    let max_attempts: Vec<i32> = row.get("max_attempts");
+    let waited: Vec<f64> = row.get("waited_secs");
+    shared.limited_full.store(ids.len() < limit as usize, Ordering::Relaxed);
+    let next_room = row
+        .get::<_, Option<f64>>("next_room_secs")
+        .map(|secs| Duration::from_secs_f64(secs.clamp(0.001, 86_400.0)));
+    let claimed_at = Instant::now();
+    let jobs = ids
+        .into_iter()
+        .zip(queue_names)
+        .zip(names)
+        .zip(args)
+        .zip(attempts.into_iter().zip(max_attempts).zip(waited))
+        .map(|((((id, queue), name), args), ((attempt, max_attempts), waited))| ClaimedJob {
+            claim: Claim { id: JobId(id), attempt, worker_id },
+            queue,
+            name,
+            args,
+            max_attempts,
+            waited: Duration::from_secs_f64(waited.clamp(0.0, 1e9)),
+            claimed_at,
         })
-        .collect())
+        .collect();
+    Ok((jobs, next_room))
 }
 
 /// Starts claimed jobs in the slots `permits` holds, prefetched ones (claimed earlier) first;

@@ -27,7 +27,7 @@ mod served;
 mod tick;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -127,6 +127,13 @@ struct Shared {
     /// the server committed.
     held: Mutex<HashSet<i64>>,
     completions: mpsc::UnboundedSender<ToCompleter>,
+    /// This worker's queues that have fleet-wide limits, as the last tick saw them: claimed
+    /// with [`sql::CLAIM_LIMITED`] (the plain claim leaves them out).
+    limited: Mutex<Vec<String>>,
+    /// The last limited claim took fewer jobs than it asked for (every limited queue was at its
+    /// limit or had no more ready jobs): skip limited claims until a job of one ends here, one
+    /// of them gets a ready job (a notification), a tick looks again, or a rate window has room.
+    limited_full: AtomicBool,
     /// Set when shutdown starts writing what is left: the completer stops retrying then.
     flush_by: watch::Sender<Option<Instant>>,
     /// This worker's queues in the process-wide count of served queues, while it lives.

@@ -97,6 +97,10 @@ pub(super) async fn try_tick(shared: &Shared, rescue: bool, sample: bool) -> Res
             telemetry::queue_depth(queue, ready, lag);
         }
     }
+    let limited: Vec<String> = row.get("limited");
+    *shared.limited.lock().unwrap_or_else(|p| p.into_inner()) = limited;
+    // Look at the limited queues again at the next claim: their jobs may have ended elsewhere.
+    shared.limited_full.store(false, Ordering::Relaxed);
     let cancel: Option<Vec<i64>> = row.get("cancel_ids");
     for id in cancel.unwrap_or_default() {
         shared.cancel_running(id);

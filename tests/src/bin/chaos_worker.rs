@@ -18,6 +18,7 @@
 //! | `--job-timeout-ms=N` | none | the worker's default job timeout |
 //! | `--max-connections=N` | pool + 4 | the broker's pool size |
 //! | `--statement-timeout-ms=N` | 10000 | the broker's statement timeout |
+//! | `--connect-timeout-ms=N` | the broker's default | the broker's connect timeout (per host) |
 //! | `--prefetch=N` | the worker's default | jobs claimed ahead of free slots |
 //! | `--flush-ms=N` | the worker's default | how long shutdown may write results after the grace |
 //!
@@ -56,7 +57,9 @@ fn main() {
     // Never outlive the test: it holds our stdin open, and closes it by exiting.
     std::thread::spawn(|| {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
-        eprintln!("chaos_worker: stdin closed; exiting");
+        // Not `eprintln!`: with the test gone, stderr may be a broken pipe, and a panic here
+        // would leave the process running.
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"chaos_worker: stdin closed; exiting\n");
         std::process::exit(3);
     });
 
@@ -78,6 +81,11 @@ fn main() {
         max_connections: number("max-connections", pool as u64 + 4) as usize,
         prepared_statements: flag("prepared"),
         statement_timeout: Duration::from_millis(number("statement-timeout-ms", 10_000)),
+        connect_timeout: settings
+            .get("connect-timeout-ms")
+            .map_or(BrokerOptions::default().connect_timeout, |ms| {
+                Duration::from_millis(ms.parse().expect("--connect-timeout-ms takes a number"))
+            }),
         ..BrokerOptions::default()
     };
     let queues: Vec<String> = get("queues", "chaos").split(',').map(str::to_owned).collect();

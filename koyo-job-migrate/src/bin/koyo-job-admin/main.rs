@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 use cli::{ConnectError, IoError, UsageError, chain, output, set_once, usage, value};
 
-use koyo_job_migrate::admin::{self, Action, AdminError, FINISHED, JobFilter, STATES};
+use koyo_job_migrate::admin::{self, Action, AdminError, BulkTarget, FINISHED, JobFilter, STATES, TimeBound};
 use tokio_postgres::Client;
 
 const USAGE: &str = "\
@@ -34,6 +34,11 @@ Commands:
   jobs [--queue Q] [--state S[,S...]] [--limit N] [--before ID]
                              jobs newest first; --limit defaults to 50 (at most 1000); page
                              on with --before the last id shown
+                             search with --id ID, --job NAME (NAME* for a prefix), --error
+                             TEXT (in the last error, ignoring case) and a time range:
+                             --created-after/--created-before/--finished-after/
+                             --finished-before T (RFC 3339, a date, or 24h, 7d: that long ago)
+  count [FILTER]             how many jobs the filter (the options of `jobs`) matches
   show ID                    one job: every column, its arguments as a length in bytes
   retry ID                   make a failed, cancelled or scheduled job ready now (a failed
                              or cancelled job that used all its attempts gets one more)
@@ -41,6 +46,11 @@ Commands:
   delete ID                  delete a job in any state but running
                              (retry, cancel and delete also take a running job whose
                              worker is lost: its heartbeat is older than its lease)
+  bulk retry|cancel|delete (FILTER | --ids ID[,ID...])
+                             the action on every job the filter (the options of `jobs`,
+                             at least one) matches, or on the jobs listed, with the same state
+                             rules, in batches of 1000; prints a line per batch, then how many
+                             were changed, refused (and why) and gone
   prune --older-than DURATION [--state S[,S...]]
                              delete done, failed and cancelled jobs (or only the states
                              given) that finished longer ago than DURATION (30s, 15m, 12h,
@@ -52,6 +62,11 @@ Commands:
   pause QUEUE                stop every worker claiming the queue's jobs (running jobs finish,
                              enqueueing goes on); stored until resumed
   resume QUEUE               let workers claim the queue's jobs again, at once
+  limit QUEUE [--max-running N|none] [--rate N/DURATION|none]
+                             fleet-wide limits: at most N of the queue's jobs running at
+                             once across all workers, at most N starts in any DURATION
+                             (e.g. 100/1m); `none` removes a limit, an option left out keeps
+                             it; with no option, shows the limits
 
 States: scheduled, ready, running, done, failed, cancelled.
 
@@ -72,6 +87,7 @@ const MAX_AGE_SECS: u64 = 100 * 365 * 86400;
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per run
 enum Invocation {
     Help,
     Version,
@@ -82,6 +98,8 @@ enum Invocation {
 enum Command {
     Queues,
     Jobs(JobFilter),
+    Count(JobFilter),
+    Bulk(Action, BulkTarget),
     Show(i64),
     Apply(i64, Action),
     Prune { older_than_secs: u64, states: Vec<String> },
@@ -89,6 +107,7 @@ enum Command {
     Periodic,
     Pause(String),
     Resume(String),
+    Limit { queue: String, max_running: Option<Option<i32>>, rate: Option<Option<(i32, f64)>> },
 }
 
 /// Why a run failed once the command line was accepted.
@@ -122,6 +141,7 @@ impl CliError {
             CliError::Usage(_) => 2,
             CliError::Query(AdminError::Refused(_)) => 3,
             CliError::Query(AdminError::NotFound(_)) => 4,
+            CliError::Query(AdminError::Invalid(_)) => 2,
             _ => 1,
         }
     }
@@ -165,6 +185,10 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
     let mut limit = None;
     let mut before = None;
     let mut older_than = None;
+    let mut search: [Option<String>; 7] = Default::default();
+    let mut ids = None;
+    let mut max_running = None;
+    let mut rate = None;
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -185,6 +209,13 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
             "--limit" => set_once(&mut limit, flag, value(inline_value, &mut args, flag)?)?,
             "--before" => set_once(&mut before, flag, value(inline_value, &mut args, flag)?)?,
             "--older-than" => set_once(&mut older_than, flag, value(inline_value, &mut args, flag)?)?,
+            "--ids" => set_once(&mut ids, flag, value(inline_value, &mut args, flag)?)?,
+            "--max-running" => set_once(&mut max_running, flag, value(inline_value, &mut args, flag)?)?,
+            "--rate" => set_once(&mut rate, flag, value(inline_value, &mut args, flag)?)?,
+            flag if SEARCH_FLAGS.contains(&flag) => {
+                let slot = SEARCH_FLAGS.iter().position(|f| *f == flag).expect("listed");
+                set_once(&mut search[slot], flag, value(inline_value, &mut args, flag)?)?;
+            }
             // `-5` is a (bad) job id rather than an option, so that it gets the id's message.
             flag if flag.starts_with('-') && !flag[1..].starts_with(|c: char| c.is_ascii_digit()) => {
                 return Err(usage(format!("unknown option `{flag}`")));
@@ -196,19 +227,23 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
     let mut positional = positional.into_iter();
     let Some(name) = positional.next() else {
         return Err(usage(
-            "no command given: one of queues, jobs, show, retry, cancel, delete, prune, workers, periodic, pause, resume",
+            "no command given: one of queues, jobs, count, show, retry, cancel, delete, bulk, prune, workers, periodic, pause, resume, limit",
         ));
     };
     let allowed: &[&str] = match name.as_str() {
+        // And the search options (SEARCH_FLAGS), below.
         "jobs" => &["--queue", "--state", "--limit", "--before"],
+        "count" => &["--queue", "--state"],
+        "bulk" => &["--queue", "--state", "--ids"],
         "prune" => &["--older-than", "--state"],
+        "limit" => &["--max-running", "--rate"],
         "queues" | "show" | "retry" | "cancel" | "delete" | "workers" | "periodic" | "pause" | "resume" => {
             &[]
         }
         // Not echoed: it may be a URL given without --database-url.
         _ => {
             return Err(usage(
-                "unknown command: the commands are queues, jobs, show, retry, cancel, delete, prune, workers, periodic, pause, resume",
+                "unknown command: the commands are queues, jobs, count, show, retry, cancel, delete, bulk, prune, workers, periodic, pause, resume, limit",
             ));
         }
     };
@@ -218,11 +253,35 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
         ("--limit", limit.is_some()),
         ("--before", before.is_some()),
         ("--older-than", older_than.is_some()),
-    ] {
-        if given && !allowed.contains(&flag) {
+        ("--ids", ids.is_some()),
+        ("--max-running", max_running.is_some()),
+        ("--rate", rate.is_some()),
+    ]
+    .into_iter()
+    .chain(SEARCH_FLAGS.iter().zip(&search).map(|(flag, value)| (*flag, value.is_some())))
+    {
+        let searches = matches!(name.as_str(), "jobs" | "count" | "bulk") && SEARCH_FLAGS.contains(&flag);
+        if given && !allowed.contains(&flag) && !searches {
             return Err(usage(format!("`{name}` does not take {flag}")));
         }
     }
+    let bulk_action = if name == "bulk" {
+        let raw =
+            positional.next().ok_or_else(|| usage("`bulk` needs an action: retry, cancel or delete"))?;
+        Some(match raw.as_str() {
+            "retry" => Action::Retry,
+            "cancel" => Action::Cancel,
+            "delete" => Action::Delete,
+            other => {
+                return Err(usage(format!(
+                    "unknown bulk action `{}`: retry, cancel or delete",
+                    out::cell(other)
+                )));
+            }
+        })
+    } else {
+        None
+    };
 
     let takes_id = matches!(name.as_str(), "show" | "retry" | "cancel" | "delete");
     let id = if takes_id {
@@ -231,7 +290,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
     } else {
         None
     };
-    let takes_queue = matches!(name.as_str(), "pause" | "resume");
+    let takes_queue = matches!(name.as_str(), "pause" | "resume" | "limit");
     let named_queue = if takes_queue {
         let raw = positional.next().ok_or_else(|| usage(format!("`{name}` needs a queue name")))?;
         Some(parse_queue(&raw)?)
@@ -250,16 +309,39 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
         "periodic" => Command::Periodic,
         "pause" => Command::Pause(named_queue.unwrap_or_default()),
         "resume" => Command::Resume(named_queue.unwrap_or_default()),
+        "limit" => Command::Limit {
+            queue: named_queue.unwrap_or_default(),
+            max_running: max_running.map(|raw| parse_max_running(&raw)).transpose()?,
+            rate: rate.map(|raw| parse_rate(&raw)).transpose()?,
+        },
         "show" => Command::Show(id.unwrap_or_default()),
         "retry" => Command::Apply(id.unwrap_or_default(), Action::Retry),
         "cancel" => Command::Apply(id.unwrap_or_default(), Action::Cancel),
         "delete" => Command::Apply(id.unwrap_or_default(), Action::Delete),
-        "jobs" => Command::Jobs(JobFilter {
-            queue: queue.map(|q| parse_queue(&q)).transpose()?,
-            states: state.map(|s| parse_states(&s, &STATES)).transpose()?,
-            limit: limit.map(|l| parse_limit(&l)).transpose()?.unwrap_or(DEFAULT_LIMIT),
-            before: before.map(|b| parse_id(&b, "--before")).transpose()?,
-        }),
+        "jobs" | "count" => {
+            let mut filter = parse_filter(queue, state, search)?;
+            filter.limit = limit.map(|l| parse_limit(&l)).transpose()?.unwrap_or(DEFAULT_LIMIT);
+            filter.before = before.map(|b| parse_id(&b, "--before")).transpose()?;
+            if name == "jobs" { Command::Jobs(filter) } else { Command::Count(filter) }
+        }
+        "bulk" => {
+            let action = bulk_action.expect("parsed above");
+            let filter = parse_filter(queue, state, search)?;
+            let target = match ids {
+                Some(_) if filter.narrows() => {
+                    return Err(usage("`bulk` takes either --ids or filter options, not both"));
+                }
+                Some(list) => BulkTarget::Ids(parse_ids(&list)?),
+                None if filter.narrows() => BulkTarget::Filter(filter),
+                None => {
+                    return Err(usage(
+                        "`bulk` needs --ids or at least one filter option (--queue, --state, --id, --job, --error, or a time); \
+                         it never applies to every job at once",
+                    ));
+                }
+            };
+            Command::Bulk(action, target)
+        }
         _ => Command::Prune {
             older_than_secs: parse_duration(
                 &older_than.ok_or_else(|| usage("`prune` needs --older-than DURATION (e.g. 7d)"))?,
@@ -271,6 +353,53 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Us
         },
     };
     Ok(Invocation::Run { command, database_url, json })
+}
+
+/// The search options of `jobs`, `count` and `bulk`, in the order of the `search` slots.
+const SEARCH_FLAGS: [&str; 7] = [
+    "--id",
+    "--job",
+    "--error",
+    "--created-after",
+    "--created-before",
+    "--finished-after",
+    "--finished-before",
+];
+
+/// A filter from the options shared by `jobs`, `count` and `bulk`.
+fn parse_filter(
+    queue: Option<String>,
+    state: Option<String>,
+    search: [Option<String>; 7],
+) -> Result<JobFilter, UsageError> {
+    let [id, job, error, created_after, created_before, finished_after, finished_before] = search;
+    let time = |raw: Option<String>, flag: &str| {
+        raw.map(|raw| TimeBound::parse(&raw).map_err(|why| usage(format!("{flag}: {why}")))).transpose()
+    };
+    Ok(JobFilter {
+        queue: queue.map(|q| parse_queue(&q)).transpose()?,
+        states: state.map(|s| parse_states(&s, &STATES)).transpose()?,
+        id: id.map(|i| parse_id(&i, "--id")).transpose()?,
+        job: job.map(|j| admin::parse_job_pattern(&j).map_err(usage)).transpose()?,
+        error: error.map(|e| admin::parse_error_text(&e).map_err(usage)).transpose()?,
+        created_after: time(created_after, "--created-after")?,
+        created_before: time(created_before, "--created-before")?,
+        finished_after: time(finished_after, "--finished-after")?,
+        finished_before: time(finished_before, "--finished-before")?,
+        ..JobFilter::default()
+    })
+}
+
+/// `--ids 3,5,8`: job ids separated by commas, at most `admin::MAX_SELECTION`.
+fn parse_ids(raw: &str) -> Result<Vec<i64>, UsageError> {
+    let ids = raw.split(',').map(|id| parse_id(id, "each of --ids")).collect::<Result<Vec<i64>, _>>()?;
+    if ids.len() > admin::MAX_SELECTION {
+        return Err(usage(format!(
+            "--ids lists at most {} jobs; use filter options for more",
+            admin::MAX_SELECTION
+        )));
+    }
+    Ok(ids)
 }
 
 /// A job id: a positive 64-bit integer, digits only.
@@ -308,6 +437,41 @@ fn parse_states(raw: &str, known: &[&str]) -> Result<Vec<String>, UsageError> {
 }
 
 /// A duration such as `90s`, `15m`, `12h` or `7d`, in whole seconds; at least one second.
+/// `--max-running`: a number of jobs, or `none`.
+fn parse_max_running(raw: &str) -> Result<Option<i32>, UsageError> {
+    if raw == "none" {
+        return Ok(None);
+    }
+    match raw.parse::<i32>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(Some(n)),
+        _ => Err(usage(format!(
+            "invalid --max-running `{}`: a whole number of jobs from 1 to 1000000, or none",
+            out::cell(raw)
+        ))),
+    }
+}
+
+/// `--rate`: `N/DURATION` (at most N starts in any DURATION, as `parse_duration` reads it), or
+/// `none`.
+fn parse_rate(raw: &str) -> Result<Option<(i32, f64)>, UsageError> {
+    if raw == "none" {
+        return Ok(None);
+    }
+    let bad = || {
+        usage(format!(
+            "invalid --rate `{}`: N/DURATION, at most N starts (1 to 1000000) in any DURATION (e.g. 100/1m, 5/1s), or none",
+            out::cell(raw)
+        ))
+    };
+    let (n, period) = raw.split_once('/').ok_or_else(bad)?;
+    let n = n.parse::<i32>().ok().filter(|n| (1..=1_000_000).contains(n)).ok_or_else(bad)?;
+    let period = parse_duration(period).map_err(|_| bad())?;
+    if period > 366 * 86400 {
+        return Err(bad());
+    }
+    Ok(Some((n, period as f64)))
+}
+
 fn parse_duration(raw: &str) -> Result<u64, UsageError> {
     let bad = || {
         usage(format!(
@@ -340,6 +504,8 @@ async fn run_command(command: Command, url: &str, json: bool) -> Result<String, 
     match command {
         Command::Queues => queues(&client, json).await,
         Command::Jobs(filter) => jobs(&client, json, &filter).await,
+        Command::Count(filter) => count(&client, json, &filter).await,
+        Command::Bulk(action, target) => bulk(&client, json, action, target).await,
         Command::Show(id) => show(&client, json, id).await,
         Command::Apply(id, action) => apply(&client, json, id, action).await,
         Command::Prune { older_than_secs, states } => prune(&client, json, older_than_secs, &states).await,
@@ -347,6 +513,7 @@ async fn run_command(command: Command, url: &str, json: bool) -> Result<String, 
         Command::Periodic => periodic(&client, json).await,
         Command::Pause(queue) => pause(&client, json, &queue).await,
         Command::Resume(queue) => resume(&client, json, &queue).await,
+        Command::Limit { queue, max_running, rate } => limit(&client, json, &queue, max_running, rate).await,
     }
 }
 
@@ -364,6 +531,12 @@ async fn queues(client: &Client, json: bool) -> Result<String, CliError> {
                     ("lag_seconds", out::opt_secs(q.lag_secs)),
                     ("paused_at", out::opt_string(q.paused_at.as_deref())),
                     ("paused_by", out::opt_string(q.paused_by.as_deref())),
+                    (
+                        "max_running",
+                        q.limits.max_running.map_or_else(|| "null".to_owned(), |n| n.to_string()),
+                    ),
+                    ("rate_limit", q.limits.rate_limit.map_or_else(|| "null".to_owned(), |n| n.to_string())),
+                    ("rate_period_secs", out::opt_secs(q.limits.rate_period_secs)),
                 ])
             })
             .collect();
@@ -379,12 +552,13 @@ async fn queues(client: &Client, json: bool) -> Result<String, CliError> {
             let mut cells = vec![out::cell(&name)];
             cells.extend(q.by_state().iter().map(|(_, n)| n.to_string()));
             cells.push(q.lag_secs.map_or_else(|| "-".to_owned(), out::age));
+            cells.push(if q.limits.any() { describe_limits(&q.limits) } else { "-".to_owned() });
             cells
         })
         .collect();
     Ok(out::table(
-        &["QUEUE", "SCHEDULED", "READY", "RUNNING", "DONE", "FAILED", "CANCELLED", "LAG"],
-        &[false, true, true, true, true, true, true, true],
+        &["QUEUE", "SCHEDULED", "READY", "RUNNING", "DONE", "FAILED", "CANCELLED", "LAG", "LIMITS"],
+        &[false, true, true, true, true, true, true, true, false],
         &table,
     ))
 }
@@ -408,6 +582,53 @@ async fn pause(client: &Client, json: bool, queue: &str) -> Result<String, CliEr
         "paused {} (since {since}): workers claim none of its jobs until `resume`\n",
         out::cell(queue)
     ))
+}
+
+/// Sets the options given (keeping the others) and prints the queue's limits.
+async fn limit(
+    client: &Client,
+    json: bool,
+    queue: &str,
+    max_running: Option<Option<i32>>,
+    rate: Option<Option<(i32, f64)>>,
+) -> Result<String, CliError> {
+    let current = admin::queues(client).await?.into_iter().find(|q| q.queue == queue).map(|q| q.limits);
+    let mut limits = current.unwrap_or_default();
+    if max_running.is_some() || rate.is_some() {
+        if let Some(max_running) = max_running {
+            limits.max_running = max_running;
+        }
+        if let Some(rate) = rate {
+            limits.rate_limit = rate.map(|(n, _)| n);
+            limits.rate_period_secs = rate.map(|(_, period)| period);
+        }
+        limits = admin::set_limits(client, queue, &limits, &operator()).await?;
+    }
+    if json {
+        let opt = |n: Option<i32>| n.map_or_else(|| "null".to_owned(), |n| n.to_string());
+        return Ok(format!(
+            "{}\n",
+            out::object(&[
+                ("queue", out::string(queue)),
+                ("max_running", opt(limits.max_running)),
+                ("rate_limit", opt(limits.rate_limit)),
+                ("rate_period_secs", out::opt_secs(limits.rate_period_secs)),
+            ])
+        ));
+    }
+    Ok(format!("{}: {}\n", out::cell(queue), describe_limits(&limits)))
+}
+
+/// `at most 5 running, at most 100 starts per 1m`, or `no limits`.
+fn describe_limits(limits: &admin::QueueLimits) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = limits.max_running {
+        parts.push(format!("at most {n} running"));
+    }
+    if let (Some(n), Some(period)) = (limits.rate_limit, limits.rate_period_secs) {
+        parts.push(format!("at most {n} starts per {}", out::age(period)));
+    }
+    if parts.is_empty() { "no limits".to_owned() } else { parts.join(", ") }
 }
 
 async fn resume(client: &Client, json: bool, queue: &str) -> Result<String, CliError> {
@@ -443,6 +664,7 @@ async fn jobs(client: &Client, json: bool, filter: &JobFilter) -> Result<String,
                     ("scheduled_at", out::string(&j.scheduled_at)),
                     ("finished_at", out::opt_string(j.finished_at.as_deref())),
                     ("last_error", out::opt_string(j.last_error.as_deref())),
+                    ("duration_secs", out::opt_secs(j.duration_secs)),
                 ])
             })
             .collect();
@@ -461,6 +683,7 @@ async fn jobs(client: &Client, json: bool, filter: &JobFilter) -> Result<String,
                 out::cell(&j.queue),
                 out::cell(&j.status),
                 format!("{}/{}", j.attempts, j.max_attempts),
+                j.duration_secs.map_or_else(|| "-".to_owned(), out::age),
                 j.priority.to_string(),
                 out::cell(&j.scheduled_at),
                 out::cell(&j.job),
@@ -468,14 +691,94 @@ async fn jobs(client: &Client, json: bool, filter: &JobFilter) -> Result<String,
         })
         .collect();
     let mut text = out::table(
-        &["ID", "QUEUE", "STATE", "ATTEMPTS", "PRIORITY", "SCHEDULED_AT", "JOB"],
-        &[true, false, false, true, true, false, false],
+        &["ID", "QUEUE", "STATE", "ATTEMPTS", "DURATION", "PRIORITY", "SCHEDULED_AT", "JOB"],
+        &[true, false, false, true, true, true, false, false],
         &table,
     );
     if let Some(next) = page.next_before {
         text.push_str(&format!("more: add --before {next}\n"));
     }
     Ok(text)
+}
+
+async fn count(client: &Client, json: bool, filter: &JobFilter) -> Result<String, CliError> {
+    let count = admin::count(client, filter).await?;
+    if json {
+        return Ok(format!("{}\n", out::object(&[("count", count.to_string())])));
+    }
+    Ok(format!("{count} job(s)\n"))
+}
+
+/// Runs a bulk action, printing a line per batch as it goes (not with `--json`, which prints
+/// the final counts only).
+async fn bulk(client: &Client, json: bool, action: Action, target: BulkTarget) -> Result<String, CliError> {
+    let verb = past_participle(action);
+    let mut failed_output = None;
+    let progress = admin::bulk(client, action, target, &operator(), |p| {
+        if json || failed_output.is_some() {
+            return;
+        }
+        let line = format!(
+            "batch {}: {} of {} looked at, {} {verb}, {} refused, {} gone\n",
+            p.batches, p.examined, p.total, p.applied, p.refused, p.missing
+        );
+        failed_output = output(&line).err();
+    })
+    .await?;
+    if let Some(error) = failed_output {
+        return Err(error.into());
+    }
+    let refusals: Vec<String> = progress
+        .refusals
+        .iter()
+        .map(|r| {
+            out::object(&[
+                ("id", r.id.to_string()),
+                ("status", out::string(&r.status)),
+                ("why", out::string(&r.why)),
+            ])
+        })
+        .collect();
+    if json {
+        return Ok(format!(
+            "{}\n",
+            out::object(&[
+                ("action", out::string(action.verb())),
+                ("total", progress.total.to_string()),
+                ("applied", progress.applied.to_string()),
+                ("cancel_requested", progress.cancel_requested.to_string()),
+                ("refused", progress.refused.to_string()),
+                ("missing", progress.missing.to_string()),
+                ("batches", progress.batches.to_string()),
+                ("refusals", out::array(&refusals)),
+            ])
+        ));
+    }
+    let mut text = format!(
+        "{} job(s) {verb}, {} refused, {} gone, of {} in {} batch(es)\n",
+        progress.applied, progress.refused, progress.missing, progress.total, progress.batches
+    );
+    if progress.cancel_requested > 0 {
+        text.push_str(&format!(
+            "{} of them running: their workers were asked to stop them, and mark them cancelled\n",
+            progress.cancel_requested
+        ));
+    }
+    for r in &progress.refusals {
+        text.push_str(&format!("refused job {}: it is {} ({})\n", r.id, out::cell(&r.status), r.why));
+    }
+    if progress.refused > progress.refusals.len() as i64 {
+        text.push_str(&format!("… and {} more refused\n", progress.refused - progress.refusals.len() as i64));
+    }
+    Ok(text)
+}
+
+fn past_participle(action: Action) -> &'static str {
+    match action {
+        Action::Retry => "retried",
+        Action::Cancel => "cancelled",
+        Action::Delete => "deleted",
+    }
 }
 
 async fn show(client: &Client, json: bool, id: i64) -> Result<String, CliError> {
@@ -500,6 +803,8 @@ async fn show(client: &Client, json: bool, id: i64) -> Result<String, CliError> 
                 ("last_error", out::opt_string(job.last_error.as_deref())),
                 ("unique_key", out::opt_string(job.unique_key.as_deref())),
                 ("cancel_requested_by", out::opt_string(job.cancel_requested_by.as_deref())),
+                ("history", out::array(&job.history.iter().map(attempt_json).collect::<Vec<_>>())),
+                ("history_dropped", job.history_dropped.to_string()),
             ])
         ));
     }
@@ -544,7 +849,69 @@ async fn show(client: &Client, json: bool, id: i64) -> Result<String, CliError> 
             }
         }
     }
+    text.push_str(&history_text(&job.history, job.history_dropped));
     Ok(text)
+}
+
+/// One attempt of a job's timeline as JSON.
+fn attempt_json(a: &admin::Attempt) -> String {
+    out::object(&[
+        ("attempt", a.attempt.to_string()),
+        ("worker_id", a.worker_id.map_or_else(|| "null".to_owned(), |w| w.to_string())),
+        ("hostname", out::opt_string(a.hostname.as_deref())),
+        ("started_at", out::opt_string(a.started_at.as_deref())),
+        ("ended_at", out::opt_string(a.ended_at.as_deref())),
+        ("duration_secs", out::opt_secs(a.duration_secs)),
+        ("outcome", out::string(&a.outcome)),
+        ("error", out::opt_string(a.error.as_deref())),
+    ])
+}
+
+/// A job's timeline as an indented table, oldest attempt first; each error's first line, cut.
+fn history_text(history: &[admin::Attempt], dropped: i32) -> String {
+    let mut text = match dropped {
+        0 => "history\n".to_owned(),
+        n => format!("history      ({n} earlier attempt(s) not kept)\n"),
+    };
+    if history.is_empty() {
+        text.push_str("  not started yet\n");
+        return text;
+    }
+    let dash = || "-".to_owned();
+    let rows: Vec<Vec<String>> = history
+        .iter()
+        .map(|a| {
+            let worker = match (a.worker_id, &a.hostname) {
+                (Some(id), Some(host)) => format!("{id} ({})", out::cell(host)),
+                (Some(id), None) => id.to_string(),
+                (None, _) => dash(),
+            };
+            let first_line = a.error.as_deref().and_then(|e| e.lines().find(|l| !l.trim().is_empty()));
+            let error = first_line.map_or_else(dash, |line| {
+                let cut: String = line.chars().take(120).collect();
+                let more = if cut.len() < line.len() { "…" } else { "" };
+                format!("{}{more}", out::cell(&cut))
+            });
+            vec![
+                a.attempt.to_string(),
+                out::cell(&a.outcome),
+                worker,
+                a.started_at.as_deref().map_or_else(dash, out::cell),
+                a.ended_at.as_deref().map_or_else(dash, out::cell),
+                a.duration_secs.map_or_else(dash, out::age),
+                error,
+            ]
+        })
+        .collect();
+    let table = out::table(
+        &["ATTEMPT", "OUTCOME", "WORKER", "STARTED_AT", "ENDED_AT", "DURATION", "ERROR"],
+        &[true, false, false, false, false, true, false],
+        &rows,
+    );
+    for line in table.lines() {
+        text.push_str(&format!("  {}\n", line.trim_end()));
+    }
+    text
 }
 
 async fn apply(client: &Client, json: bool, id: i64, action: Action) -> Result<String, CliError> {
@@ -724,7 +1091,8 @@ mod tests {
                 queue: Some("mail".into()),
                 states: Some(vec!["failed".into(), "ready".into()]),
                 limit: 10,
-                before: Some(99)
+                before: Some(99),
+                ..JobFilter::default()
             })
         );
         assert_eq!(command(&["jobs"]), Command::Jobs(JobFilter::default()));

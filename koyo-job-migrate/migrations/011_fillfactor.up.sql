@@ -1,0 +1,23 @@
+-- koyo-job schema, version 11: room on each page of koyo_jobs for the next version of a row.
+--
+-- Every state change of a job (claim: ready → running; completion: running → done) is an
+-- UPDATE that writes a new version of the row: `status` is in the partial indexes' predicates,
+-- so none of them is a HOT update. When the new version does not fit on the old one's page,
+-- PostgreSQL first logs a row lock on the old version (it must let go of the page to find
+-- another), then logs the whole new row, and dirties a second page. When it fits, it logs only
+-- the bytes that changed between the two versions (the unchanged prefix and suffix are left
+-- out), with no lock record, on the page already dirty. Pages that inserts filled to 100 %
+-- leave no room, so nearly every claim and completion took the expensive path.
+--
+-- A fillfactor of 70 makes inserts leave 30 % of each page free. Measured with
+-- `koyo-job-bench --only wal --fillfactor N` (20,000 jobs, see docs/benchmarks.md), WAL per
+-- processed job with done rows kept: 942 bytes at 100, 912 at 90, 837 at 70, 782 at 50 (an
+-- enqueue writes 315-357 either way). The price is space: the rows a page holds once they are
+-- done are those inserted into it, so the table is up to 1/0.7 = 1.43 times larger for the same
+-- rows. Set it yourself with `ALTER TABLE koyo_jobs SET (fillfactor = N)` to trade otherwise.
+--
+-- Nothing is rewritten: the setting applies to pages filled from now on. The statement takes a
+-- SHARE UPDATE EXCLUSIVE lock, which does not block reads or writes of the rows (only VACUUM
+-- and other schema changes wait for the migration's commit).
+
+ALTER TABLE koyo_jobs SET (fillfactor = 70);
