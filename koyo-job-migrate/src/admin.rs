@@ -459,8 +459,9 @@ impl TimeBound {
     }
 }
 
-/// `90s`, `15m`, `12h`, `7d` in seconds: from 1 s to 100 years.
-fn parse_ago(raw: &str) -> Option<u64> {
+/// `90s`, `15m`, `12h`, `7d` in seconds: from 1 s to 100 years. Used by the CLI too.
+#[doc(hidden)]
+pub fn parse_ago(raw: &str) -> Option<u64> {
     let split = raw.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = raw.split_at(split);
     let unit_secs = match unit {

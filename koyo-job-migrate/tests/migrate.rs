@@ -36,6 +36,31 @@ fn all_versions() -> Vec<i32> {
     MIGRATIONS.iter().map(|m| m.version).collect()
 }
 
+/// Brings a fresh database to `version` as a database of that version would be (its migrations'
+/// SQL, then their record), with `rows` (SQL) run in between: what an upgrade starts from.
+async fn at_version(client: &Client, version: i32, rows: &str) {
+    let mut setup = String::new();
+    for migration in MIGRATIONS.iter().filter(|m| m.version <= version) {
+        setup.push_str(migration.sql);
+        setup.push('\n');
+    }
+    setup.push_str(
+        "CREATE TABLE koyo_job_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                                           applied_at timestamptz NOT NULL DEFAULT now());",
+    );
+    setup.push_str(rows);
+    client.batch_execute(&setup).await.unwrap();
+    for migration in MIGRATIONS.iter().filter(|m| m.version <= version) {
+        client
+            .execute(
+                "INSERT INTO koyo_job_migrations (version, name) VALUES ($1, $2)",
+                &[&migration.version, &migration.name],
+            )
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn migrating_twice_applies_nothing_the_second_time() {
     let db = TestDatabase::create().await.unwrap();
@@ -265,31 +290,12 @@ async fn a_database_at_version_1_with_rows_upgrades_in_place() {
 async fn a_populated_database_at_version_9_gains_attempt_history_in_place() {
     let db = TestDatabase::create().await.unwrap();
     let mut client = connect(db.config()).await;
-    let before: Vec<_> = MIGRATIONS.iter().filter(|m| m.version < 10).collect();
-    let mut setup = String::new();
-    for migration in &before {
-        setup.push_str(migration.sql);
-        setup.push('\n');
-    }
-    setup.push_str(
-        "CREATE TABLE koyo_job_migrations (version integer PRIMARY KEY, name text NOT NULL,
-                                           applied_at timestamptz NOT NULL DEFAULT now());
+    at_version(&client, 9, "
          INSERT INTO koyo_jobs (queue, job, args, status, attempts, started_at, finished_at, worker_id, last_error)
          SELECT 'mail', 'app::send', '\\x01', 'failed', 3, now() - interval '90 seconds', now() - interval '30 seconds',
                 7, 'boom ' || n
          FROM generate_series(1, 20000) AS n;
-         INSERT INTO koyo_jobs (queue, job, args) SELECT 'mail', 'app::send', '\\x02' FROM generate_series(1, 20000);",
-    );
-    client.batch_execute(&setup).await.unwrap();
-    for migration in &before {
-        client
-            .execute(
-                "INSERT INTO koyo_job_migrations (version, name) VALUES ($1, $2)",
-                &[&migration.version, &migration.name],
-            )
-            .await
-            .unwrap();
-    }
+         INSERT INTO koyo_jobs (queue, job, args) SELECT 'mail', 'app::send', '\\x02' FROM generate_series(1, 20000);").await;
     let file = "SELECT pg_relation_filenode('koyo_jobs')::int8";
     let file_before: i64 = client.query_one(file, &[]).await.unwrap().get(0);
 
@@ -354,28 +360,9 @@ async fn a_populated_database_at_version_9_gains_attempt_history_in_place() {
 async fn a_populated_database_at_version_8_gains_queue_limits_in_place() {
     let db = TestDatabase::create().await.unwrap();
     let mut client = connect(db.config()).await;
-    let before: Vec<_> = MIGRATIONS.iter().filter(|m| m.version < 9).collect();
-    let mut setup = String::new();
-    for migration in &before {
-        setup.push_str(migration.sql);
-        setup.push('\n');
-    }
-    setup.push_str(
-        "CREATE TABLE koyo_job_migrations (version integer PRIMARY KEY, name text NOT NULL,
-                                           applied_at timestamptz NOT NULL DEFAULT now());
+    at_version(&client, 8, "
          INSERT INTO koyo_jobs (queue, job, args) SELECT 'q' || (n % 50), 'app::send', '\\x02' FROM generate_series(1, 20000) AS n;
-         INSERT INTO koyo_queues (queue, paused_at, paused_by) SELECT 'q' || n, now(), 'ops' FROM generate_series(1, 10) AS n;",
-    );
-    client.batch_execute(&setup).await.unwrap();
-    for migration in &before {
-        client
-            .execute(
-                "INSERT INTO koyo_job_migrations (version, name) VALUES ($1, $2)",
-                &[&migration.version, &migration.name],
-            )
-            .await
-            .unwrap();
-    }
+         INSERT INTO koyo_queues (queue, paused_at, paused_by) SELECT 'q' || n, now(), 'ops' FROM generate_series(1, 10) AS n;").await;
     let file = "SELECT pg_relation_filenode('koyo_queues')::int8, pg_relation_filenode('koyo_jobs')::int8";
     let row = client.query_one(file, &[]).await.unwrap();
     let before_files: (i64, i64) = (row.get(0), row.get(1));
@@ -404,27 +391,8 @@ async fn a_populated_database_at_version_8_gains_queue_limits_in_place() {
 async fn a_populated_database_gains_room_for_updates_in_place() {
     let db = TestDatabase::create().await.unwrap();
     let mut client = connect(db.config()).await;
-    let before: Vec<_> = MIGRATIONS.iter().filter(|m| m.version < 11).collect();
-    let mut setup = String::new();
-    for migration in &before {
-        setup.push_str(migration.sql);
-        setup.push('\n');
-    }
-    setup.push_str(
-        "CREATE TABLE koyo_job_migrations (version integer PRIMARY KEY, name text NOT NULL,
-                                           applied_at timestamptz NOT NULL DEFAULT now());
-         INSERT INTO koyo_jobs (queue, job, args) SELECT 'mail', 'app::send', '\\x01' FROM generate_series(1, 20000);",
-    );
-    client.batch_execute(&setup).await.unwrap();
-    for migration in &before {
-        client
-            .execute(
-                "INSERT INTO koyo_job_migrations (version, name) VALUES ($1, $2)",
-                &[&migration.version, &migration.name],
-            )
-            .await
-            .unwrap();
-    }
+    at_version(&client, 10, "
+         INSERT INTO koyo_jobs (queue, job, args) SELECT 'mail', 'app::send', '\\x01' FROM generate_series(1, 20000);").await;
     let file = "SELECT pg_relation_filenode('koyo_jobs')::int8, pg_relation_size('koyo_jobs')::int8";
     let before_file: (i64, i64) = client.query_one(file, &[]).await.map(|r| (r.get(0), r.get(1))).unwrap();
 

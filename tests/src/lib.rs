@@ -971,8 +971,21 @@ pub mod chaos {
 
     /// The most executions running at once on one worker process, by the ledger.
     pub fn peak_concurrency(executions: &[Execution], pid: i32, killed_at: Option<OffsetDateTime>) -> usize {
+        peak_of(executions.iter().filter(|e| e.pid == pid), killed_at)
+    }
+
+    /// The most executions running at once across every process, by the ledger (one that did
+    /// not end counts as running until now).
+    pub fn fleet_peak_concurrency(executions: &[Execution]) -> usize {
+        peak_of(executions.iter(), None)
+    }
+
+    fn peak_of<'a>(
+        executions: impl Iterator<Item = &'a Execution>,
+        killed_at: Option<OffsetDateTime>,
+    ) -> usize {
         let mut points: Vec<(OffsetDateTime, i32)> = Vec::new();
-        for e in executions.iter().filter(|e| e.pid == pid) {
+        for e in executions {
             points.push((e.started_at, 1));
             points.push((e.ended_at.or(killed_at).unwrap_or(OffsetDateTime::now_utc()), -1));
         }

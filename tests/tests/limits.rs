@@ -6,28 +6,12 @@
 use std::time::Duration;
 
 use koyo_job::admin::{self, QueueLimits};
-use koyo_job_tests::chaos::{ChaosDb, ChaosWorker, Execution, WorkerArgs, ledger_job, noop_job};
+use koyo_job_tests::chaos::{
+    ChaosDb, ChaosWorker, Execution, WorkerArgs, fleet_peak_concurrency, ledger_job, noop_job,
+};
 use time::OffsetDateTime;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_chaos_worker");
-
-/// The most bodies running at once across every process, by the ledger (an execution that did
-/// not end counts as running until now).
-fn fleet_peak(executions: &[Execution]) -> usize {
-    let mut points: Vec<(OffsetDateTime, i32)> = Vec::new();
-    for e in executions {
-        points.push((e.started_at, 1));
-        points.push((e.ended_at.unwrap_or_else(OffsetDateTime::now_utc), -1));
-    }
-    // Ends before starts at the same instant.
-    points.sort();
-    let (mut now, mut peak) = (0, 0);
-    for (_, delta) in points {
-        now += delta;
-        peak = peak.max(now);
-    }
-    peak as usize
-}
 
 async fn set(db: &ChaosDb, queue: &str, limits: QueueLimits) -> QueueLimits {
     let client = db.broker.client().await.unwrap();
@@ -68,7 +52,7 @@ async fn a_queue_limited_to_n_running_never_runs_more_across_worker_processes() 
     .await;
     let runs = db.executions().await;
     assert_eq!(runs.len(), 24, "each job ran once");
-    let peak = fleet_peak(&runs);
+    let peak = fleet_peak_concurrency(&runs);
     assert_eq!(peak, 3, "at most 3 running at once, and the limit is reached");
 
     // Raised at run time: the same workers run up to 8 at once.
@@ -82,7 +66,7 @@ async fn a_queue_limited_to_n_running_never_runs_more_across_worker_processes() 
     )
     .await;
     let later: Vec<Execution> = db.executions().await.into_iter().filter(|e| e.n >= 100).collect();
-    let peak = fleet_peak(&later);
+    let peak = fleet_peak_concurrency(&later);
     assert!((4..=8).contains(&peak), "with the limit raised to 8, {peak} ran at once");
     stop(workers).await;
 }

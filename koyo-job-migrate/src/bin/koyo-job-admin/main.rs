@@ -82,8 +82,6 @@ Exit status: 0 ok, 1 database error, 2 usage error, 3 refused by the job's state
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 1000;
-/// The longest `--older-than` accepted: 100 years.
-const MAX_AGE_SECS: u64 = 100 * 365 * 86400;
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq)]
@@ -479,20 +477,7 @@ fn parse_duration(raw: &str) -> Result<u64, UsageError> {
             out::cell(raw)
         ))
     };
-    let split = raw.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (number, unit) = raw.split_at(split);
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(bad()),
-    };
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    match number.checked_mul(unit_secs) {
-        Some(secs) if (1..=MAX_AGE_SECS).contains(&secs) => Ok(secs),
-        _ => Err(bad()),
-    }
+    admin::parse_ago(raw).ok_or_else(bad)
 }
 
 // ---------------------------------------------------------------------------------------------
