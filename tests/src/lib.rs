@@ -327,13 +327,16 @@ pub mod chaos {
         }
     }
 
+    /// Closes a ledger row the body's own way (`ok`, …), unless it is closed already: the body
+    /// may be dropped (a timeout at this very await) after sending this write, and the drop's
+    /// `dropped`, written from another connection, may then reach the database first.
     async fn close(seq: i64, at: OffsetDateTime, outcome: &str) -> Result<(), String> {
         broker()?
             .client()
             .await
             .map_err(|e| e.to_string())?
             .query_typed(
-                "UPDATE chaos_ledger SET ended_at = $2, outcome = $3 WHERE seq = $1",
+                "UPDATE chaos_ledger SET ended_at = $2, outcome = $3 WHERE seq = $1 AND outcome IS NULL",
                 &[(&seq, Type::INT8), (&at, Type::TIMESTAMPTZ), (&outcome, Type::TEXT)],
             )
             .await
