@@ -35,8 +35,7 @@ pub async fn limits(ctx: &Ctx) -> Res<Section> {
         QueueLimits { rate_limit: Some(RATE_LIMIT), rate_period_secs: Some(1.0), ..QueueLimits::default() },
     )
     .await?;
-    let queue_noop = queue;
-    run(ctx, queue_noop, jobs::work0_name(), RATE_JOBS).await?;
+    run(ctx, queue, jobs::work0_name(), RATE_JOBS).await?;
     let (span, most_in_a_second) = starts(ctx, queue).await?;
     // The first window's starts come at once; the rest at the rate, one window after another.
     let start_rate = (RATE_JOBS - i64::from(RATE_LIMIT)) as f64 / span;

@@ -201,11 +201,7 @@ pub async fn queues(client: &Client) -> Result<Vec<QueueCounts>, AdminError> {
             lag_secs: row.get(7),
             paused_at: row.get(8),
             paused_by: row.get(9),
-            limits: QueueLimits {
-                max_running: row.get(10),
-                rate_limit: row.get(11),
-                rate_period_secs: row.get(12),
-            },
+            limits: QueueLimits::from_row(row, 10),
         })
         .collect())
 }
@@ -230,9 +226,11 @@ pub async fn resume(client: &Client, queue: &str) -> Result<bool, AdminError> {
 /// A queue's fleet-wide limits: at most `max_running` of its jobs run at once across every
 /// worker and host, and at most `rate_limit` of them start in any window of `rate_period_secs`
 /// seconds. `None` is no limit. Workers enforce them inside the claim, so concurrent claimers
-/// never exceed them.
+/// never exceed them. With the `serde` feature it reads from JSON as the admin API takes it: a
+/// missing field is no limit, an unknown one an error.
 #[derive(Clone, Debug, Default, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct QueueLimits {
     /// At most this many of the queue's jobs running at once (1 to 1,000,000).
     pub max_running: Option<i32>,
@@ -243,6 +241,16 @@ pub struct QueueLimits {
 }
 
 impl QueueLimits {
+    /// The limits in a row's columns `first`, `first + 1` and `first + 2` (`max_running`,
+    /// `rate_limit`, `rate_period_secs`).
+    fn from_row(row: &Row, first: usize) -> QueueLimits {
+        QueueLimits {
+            max_running: row.get(first),
+            rate_limit: row.get(first + 1),
+            rate_period_secs: row.get(first + 2),
+        }
+    }
+
     /// Whether any limit is set.
     pub fn any(&self) -> bool {
         self.max_running.is_some() || self.rate_limit.is_some()
@@ -293,7 +301,19 @@ pub async fn set_limits(
         )
         .await?;
     let row = rows.first().ok_or_else(|| AdminError::Refused("the limits were not stored".into()))?;
-    Ok(QueueLimits { max_running: row.get(0), rate_limit: row.get(1), rate_period_secs: row.get(2) })
+    Ok(QueueLimits::from_row(row, 0))
+}
+
+/// A queue's fleet-wide limits as stored (none for a queue no operator limited).
+pub async fn limits(client: &Client, queue: &str) -> Result<QueueLimits, AdminError> {
+    check_queue_and_by(queue, "")?;
+    let rows = client
+        .query_typed(
+            "SELECT max_running, rate_limit, rate_period_secs FROM koyo_queues WHERE queue = $1",
+            &[(&queue, Type::TEXT)],
+        )
+        .await?;
+    Ok(rows.first().map(|row| QueueLimits::from_row(row, 0)).unwrap_or_default())
 }
 
 /// Stores a queue's limits and, in the same statement, tells its workers: `koyo_jobs_scheduled`
@@ -1235,16 +1255,10 @@ async fn why_not(client: &Client, id: i64, action: Action) -> AdminError {
     let status: String = row.get(0);
     let on_live_worker: bool = row.get(1);
     let verb = action.verb();
-    let reason = match (action, status.as_str()) {
-        (_, "running") if on_live_worker => {
-            "a live worker is running it; wait until the attempt ends, or cancel it"
-        }
-        (Action::Retry, "ready") => "it is already ready and runs as soon as a worker is free",
-        (Action::Retry, "done") => "it succeeded; enqueue a new job to run it again",
-        (Action::Cancel, "done") => "it has already succeeded",
-        (Action::Cancel, "cancelled") => "it is already cancelled",
+    let reason = match refused_because(action, &status, on_live_worker) {
+        Some((why, advice)) => format!("{why}{advice}"),
         // The job left the state that refused it, or entered an allowed one, meanwhile.
-        _ => "its state changed meanwhile; try again",
+        None => "its state changed meanwhile; try again".to_owned(),
     };
     AdminError::Refused(format!(
         "cannot {verb} job {id}: it is {status} ({reason}); {verb} accepts only {}, \
@@ -1554,17 +1568,30 @@ fn is_unique_violation(error: &tokio_postgres::Error) -> bool {
     error.as_db_error().and_then(|db| db.constraint()) == Some("koyo_jobs_unique")
 }
 
-/// Why `action` refused a job in `status`, in a few words.
+/// Why `action` refuses a job in `status` (on a live worker's claim or not): the reason, and
+/// advice that a single action's message adds to it. `None` for a state the action accepts.
+fn refused_because(
+    action: Action,
+    status: &str,
+    on_live_worker: bool,
+) -> Option<(&'static str, &'static str)> {
+    Some(match (action, status) {
+        (_, "running") if on_live_worker => {
+            ("a live worker is running it", "; wait until the attempt ends, or cancel it")
+        }
+        (Action::Retry, "ready") => ("it is already ready", " and runs as soon as a worker is free"),
+        (Action::Retry, "done") => ("it succeeded; enqueue a new job to run it again", ""),
+        (Action::Cancel, "done") => ("it has already succeeded", ""),
+        (Action::Cancel, "cancelled") => ("it is already cancelled", ""),
+        _ => return None,
+    })
+}
+
+/// Why `action` refused a job in `status`, in a few words, for a bulk action's report.
 fn refusal_reason(action: Action, status: &str, on_live_worker: bool) -> String {
-    match (action, status) {
-        (_, "running") if on_live_worker => "a live worker is running it",
-        (Action::Retry, "ready") => "it is already ready",
-        (Action::Retry, "done") => "it succeeded; enqueue a new job to run it again",
-        (Action::Cancel, "done") => "it has already succeeded",
-        (Action::Cancel, "cancelled") => "it is already cancelled",
-        _ => "its state changed meanwhile, or the filter's states exclude it",
-    }
-    .to_owned()
+    refused_because(action, status, on_live_worker)
+        .map_or("its state changed meanwhile, or the filter's states exclude it", |(why, _)| why)
+        .to_owned()
 }
 
 /// Applies `action` to every job of `target` in batches of [`BULK_BATCH`], each batch by the

@@ -500,19 +500,6 @@ async fn on_queue(
     Ok(Json(body))
 }
 
-/// The body of `POST /api/queues/{queue}/limits`: the limits to hold from now on (a missing or
-/// null field is no limit).
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LimitsBody {
-    #[serde(default)]
-    max_running: Option<i32>,
-    #[serde(default)]
-    rate_limit: Option<i32>,
-    #[serde(default)]
-    rate_period_secs: Option<f64>,
-}
-
 /// Sets a queue's fleet-wide limits (the body's fields; null clears one).
 pub(crate) async fn limits(
     Extract(state): Shared,
@@ -523,19 +510,15 @@ pub(crate) async fn limits(
     changes_permitted(&state, &headers)?;
     let queue = queue_name(&raw)?;
     // An object only: serde would also read a struct from an array of its fields.
-    let asked: LimitsBody = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
-        .and_then(|object| serde_json::from_value(serde_json::Value::Object(object)))
-        .map_err(|e| {
-            ApiError::bad_request(format!(
-                "the body must be a JSON object with max_running, rate_limit and rate_period_secs \
+    let limits: admin::QueueLimits =
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
+            .and_then(|object| serde_json::from_value(serde_json::Value::Object(object)))
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the body must be a JSON object with max_running, rate_limit and rate_period_secs \
                  (each a number or null): {e}"
-            ))
-        })?;
-    let limits = admin::QueueLimits {
-        max_running: asked.max_running,
-        rate_limit: asked.rate_limit,
-        rate_period_secs: asked.rate_period_secs,
-    };
+                ))
+            })?;
     let now =
         with_client(&state, async |c| admin::set_limits(c, &queue, &limits, "the admin page").await).await?;
     tracing::info!(queue = %queue, ?now, "koyo-job admin: queue limits set");

@@ -196,18 +196,7 @@ impl Broker {
         stmt: &sql::Statement,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        let mut named = self.uses_prepared_statements();
-        let mut moved = !self.inner.hosts.several();
-        loop {
-            let mut client = self.client().await?;
-            let opened = Object::metrics(&client).created;
-            let done = self.bounded(opened, run_statement(&mut client, named, stmt, params)).await;
-            match self.settle(done, client) {
-                Err(symptom @ Error::TransactionPooler(_)) if named => named = self.stop_naming(&symptom),
-                Err(Error::ReadOnly(_)) if !moved => moved = true,
-                answer => return answer,
-            }
-        }
+        self.send(Work::Statement(stmt, params)).await
     }
 
     /// Runs koyo-job's statements in order, in one transaction on a pooled connection, within
@@ -216,14 +205,19 @@ impl Broker {
         &self,
         stmts: &[(&sql::Statement, &[&(dyn ToSql + Sync)])],
     ) -> Result<Vec<Row>, Error> {
-        // As in `query`; a transaction broken by a lost statement, or refused by a read-only
-        // server, was rolled back.
+        self.send(Work::Transaction(stmts)).await
+    }
+
+    /// Sends `work`, once more when the server refused it before running anything: a named
+    /// statement lost on a transaction-mode pooler (sent again unnamed), or a read-only server
+    /// with several hosts (sent to the writable one). A transaction refused so was rolled back.
+    async fn send(&self, work: Work<'_>) -> Result<Vec<Row>, Error> {
         let mut named = self.uses_prepared_statements();
         let mut moved = !self.inner.hosts.several();
         loop {
             let mut client = self.client().await?;
             let opened = Object::metrics(&client).created;
-            let done = self.bounded(opened, in_transaction(&mut client, named, stmts)).await;
+            let done = self.bounded(opened, work.run(&mut client, named)).await;
             match self.settle(done, client) {
                 Err(symptom @ Error::TransactionPooler(_)) if named => named = self.stop_naming(&symptom),
                 Err(Error::ReadOnly(_)) if !moved => moved = true,
@@ -732,6 +726,22 @@ pub(crate) async fn enqueue_unique_with<C: Executor + ?Sized>(
 
 /// Runs one statement on `client`: as a cached named prepared statement if `named`, else
 /// unnamed.
+/// What [`Broker::send`] sends: one statement, or several in one transaction.
+#[derive(Clone, Copy)]
+enum Work<'a> {
+    Statement(&'a sql::Statement, &'a [&'a (dyn ToSql + Sync)]),
+    Transaction(&'a [(&'a sql::Statement, &'a [&'a (dyn ToSql + Sync)])]),
+}
+
+impl Work<'_> {
+    async fn run(self, client: &mut Object, named: bool) -> Result<Vec<Row>, Error> {
+        match self {
+            Work::Statement(stmt, params) => run_statement(client, named, stmt, params).await,
+            Work::Transaction(stmts) => in_transaction(client, named, stmts).await,
+        }
+    }
+}
+
 async fn run_statement(
     client: &mut Object,
     named: bool,

@@ -68,6 +68,14 @@ RETURNING id, status = 'scheduled'",
     types: &[Type::TEXT, Type::TEXT, Type::BYTEA, Type::INT2, Type::INT4, Type::TIMESTAMPTZ, Type::FLOAT8],
 };
 
+/// Whether a `koyo_queues` row (columns prefixed with `$prefix`: `""` or `"p."`) sets a
+/// fleet-wide limit (migration 9): such a queue is claimed by [`CLAIM_LIMITED`], in turns.
+macro_rules! has_limits {
+    ($prefix:literal) => {
+        concat!("(", $prefix, "max_running IS NOT NULL OR ", $prefix, "rate_limit IS NOT NULL)")
+    };
+}
+
 /// The predicate of the partial unique index `koyo_jobs_unique` (migration 5), over columns
 /// prefixed with `$prefix` (`""` or `"j."`): the job holds its unique key in its current state.
 macro_rules! holds_unique_key {
@@ -271,14 +279,17 @@ pub const DEREGISTER_WORKER: Statement =
 ///
 /// Params: queues, limit, worker id.
 pub const CLAIM: Statement = Statement {
-    sql: "
+    sql: concat!(
+        "
 WITH picked AS MATERIALIZED (
     SELECT c.id
     -- Paused queues are left out before any of their rows is locked, and so are queues with
     -- fleet-wide limits: those are claimed by `CLAIM_LIMITED`, in turns.
     FROM (SELECT name FROM unnest($1::text[]) AS u(name)
           WHERE NOT EXISTS (SELECT 1 FROM koyo_queues AS p WHERE p.queue = u.name
-                            AND (p.paused_at IS NOT NULL OR p.max_running IS NOT NULL OR p.rate_limit IS NOT NULL))) AS q,
+                            AND (p.paused_at IS NOT NULL OR ",
+        has_limits!("p."),
+        "))) AS q,
          LATERAL (
              SELECT id, priority, scheduled_at
              FROM koyo_jobs
@@ -305,7 +316,8 @@ WITH picked AS MATERIALIZED (
 -- jobs in the order it gets them.
 SELECT id, queue, job, args, attempts, max_attempts, waited_secs
 FROM claimed
-ORDER BY priority, scheduled_at, id",
+ORDER BY priority, scheduled_at, id"
+    ),
     types: &[Type::TEXT_ARRAY, Type::INT8, Type::INT8],
 };
 
@@ -316,11 +328,15 @@ ORDER BY priority, scheduled_at, id",
 ///
 /// Params: queues.
 pub const LOCK_LIMITED: Statement = Statement {
-    sql: "
+    sql: concat!(
+        "
 SELECT queue FROM koyo_queues
-WHERE queue = ANY($1::text[]) AND paused_at IS NULL AND (max_running IS NOT NULL OR rate_limit IS NOT NULL)
+WHERE queue = ANY($1::text[]) AND paused_at IS NULL AND ",
+        has_limits!(""),
+        "
 ORDER BY queue
-FOR NO KEY UPDATE",
+FOR NO KEY UPDATE"
+    ),
     types: &[Type::TEXT_ARRAY],
 };
 
@@ -330,9 +346,8 @@ FOR NO KEY UPDATE",
 /// starts within the last `rate_period_secs`. Records this claim's starts in the queue's
 /// window (dropping entries older than the window).
 ///
-/// Returns one row: the claimed jobs as parallel arrays (in claim order), whether every limited
-/// queue is now at its limit (`at_limit`), and the seconds until a rate-limited queue at its
-/// limit has room again (`next_room_secs`).
+/// Returns one row: the claimed jobs as parallel arrays (in claim order), and the seconds until
+/// a rate-limited queue at its limit has room again (`next_room_secs`).
 ///
 /// Times are read with `clock_timestamp()` once the lock is held, not `now()` (the transaction's
 /// start, before any wait for the lock): a claim that waited its turn records when it claimed,
@@ -341,7 +356,8 @@ FOR NO KEY UPDATE",
 ///
 /// Params: queues, limit, worker id.
 pub const CLAIM_LIMITED: Statement = Statement {
-    sql: "
+    sql: concat!(
+        "
 WITH clock AS MATERIALIZED (
     SELECT clock_timestamp() AS now
 ), lim AS MATERIALIZED (
@@ -353,8 +369,9 @@ WITH clock AS MATERIALIZED (
          LATERAL (SELECT COALESCE(sum(s.n), 0) AS started, min(s.at) AS oldest
                   FROM unnest(q.rate_at, q.rate_n) AS s(at, n)
                   WHERE s.at > clock.now - make_interval(secs => q.rate_period_secs)) AS w
-    WHERE q.queue = ANY($1::text[]) AND q.paused_at IS NULL
-      AND (q.max_running IS NOT NULL OR q.rate_limit IS NOT NULL)
+    WHERE q.queue = ANY($1::text[]) AND q.paused_at IS NULL AND ",
+        has_limits!("q."),
+        "
       -- A worker declared dead claims nothing (as in `CLAIM`).
       AND EXISTS (SELECT 1 FROM koyo_workers WHERE id = $3)
 ), picked AS MATERIALIZED (
@@ -381,6 +398,7 @@ WITH clock AS MATERIALIZED (
 ), started AS (
     SELECT queue, count(*)::int4 AS n FROM claimed GROUP BY queue
 ), windowed AS (
+    -- Read by nothing below: PostgreSQL runs a data-modifying CTE all the same.
     UPDATE koyo_queues AS q
     SET rate_at = ARRAY(SELECT s.at FROM unnest(q.rate_at, q.rate_n) WITH ORDINALITY AS s(at, n, i)
                         WHERE s.at > clock.now - make_interval(secs => q.rate_period_secs) ORDER BY s.i) || clock.now,
@@ -388,7 +406,6 @@ WITH clock AS MATERIALIZED (
                        WHERE s.at > clock.now - make_interval(secs => q.rate_period_secs) ORDER BY s.i) || started.n
     FROM started, clock
     WHERE q.queue = started.queue AND q.rate_limit IS NOT NULL
-    RETURNING q.queue
 ), took AS (
     SELECT lim.queue, lim.room, lim.period, lim.oldest, COALESCE(started.n, 0) AS n
     FROM lim LEFT JOIN started USING (queue)
@@ -400,11 +417,10 @@ SELECT COALESCE(array_agg(c.id ORDER BY c.priority, c.scheduled_at, c.id), '{}')
        COALESCE(array_agg(c.attempts ORDER BY c.priority, c.scheduled_at, c.id), '{}') AS attempts,
        COALESCE(array_agg(c.max_attempts ORDER BY c.priority, c.scheduled_at, c.id), '{}') AS max_attempts,
        COALESCE(array_agg(c.waited_secs ORDER BY c.priority, c.scheduled_at, c.id), '{}') AS waited_secs,
-       NOT EXISTS (SELECT 1 FROM took WHERE took.room > took.n) AS at_limit,
        (SELECT EXTRACT(EPOCH FROM min(COALESCE(took.oldest, clock.now) + make_interval(secs => took.period) - clock.now))::float8
-        FROM took, clock WHERE took.period IS NOT NULL AND took.room <= took.n) AS next_room_secs,
-       (SELECT count(*) FROM windowed) AS windows
-FROM claimed AS c",
+        FROM took, clock WHERE took.period IS NOT NULL AND took.room <= took.n) AS next_room_secs
+FROM claimed AS c"
+    ),
     types: &[Type::TEXT_ARRAY, Type::INT8, Type::INT8],
 };
 
@@ -631,8 +647,9 @@ SELECT
      WHERE status = 'running' AND worker_id = $1 AND cancel_requested_at IS NOT NULL) AS cancel_ids,
     -- This worker's queues with fleet-wide limits, claimed with `CLAIM_LIMITED`.
     (SELECT COALESCE(array_agg(queue), '{}') FROM koyo_queues
-     WHERE queue = ANY($2::text[]) AND paused_at IS NULL
-       AND (max_running IS NOT NULL OR rate_limit IS NOT NULL)) AS limited,
+     WHERE queue = ANY($2::text[]) AND paused_at IS NULL AND ",
+        has_limits!(""),
+        ") AS limited,
     (SELECT count(*) FROM rescued) AS rescued,
     (SELECT count(*) FROM promoted) AS promoted,
     (SELECT count(*) FROM orphaned) AS orphaned,

@@ -181,8 +181,6 @@ impl Writer<'_> {
         }
     }
 
-    /// The jobs of `batch` are no longer held by this worker: written, given up, or left to the
-    /// tick to give back.
     /// A job of a queue with a fleet-wide limit has ended (and that is written): there may be
     /// room under the limit again, so claim from the limited queues at once.
     fn room_under_limits(&self, batch: &[Completion]) {
@@ -194,6 +192,8 @@ impl Writer<'_> {
         }
     }
 
+    /// The jobs of `batch` are no longer held by this worker: written, given up, or left to the
+    /// tick to give back.
     fn forget(&self, batch: &[Completion]) {
         let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
         for c in batch {

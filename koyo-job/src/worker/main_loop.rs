@@ -254,14 +254,22 @@ pub(super) async fn claim(
     let span = tracing::debug_span!("koyo_job.claim", worker_id, limit, claimed = tracing::field::Empty);
     let mut jobs = Vec::new();
     let mut next_room = None;
-    let limited = shared.limited.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if !limited.is_empty() && free > 0 && !shared.limited_full.load(Ordering::Relaxed) {
+    // The queues with limits (copied: the lock is not held across the claim), when they may
+    // have room; and whether any of this worker's queues is claimed the plain way.
+    let (limited, others) = {
+        let limited = shared.limited.lock().unwrap_or_else(|p| p.into_inner());
+        let others = limited.len() < shared.settings.queues.len();
+        let wanted = !limited.is_empty() && free > 0 && !shared.limited_full.load(Ordering::Relaxed);
+        (if wanted { limited.clone() } else { Vec::new() }, others)
+    };
+    if !limited.is_empty() {
         let (claimed, room) =
             claim_limited(shared, &limited, free.min(limit), worker_id).instrument(span.clone()).await?;
         jobs = claimed;
         next_room = room;
     }
-    if jobs.len() < limit {
+    // `CLAIM` leaves limited queues out: with nothing else to claim, it would find nothing.
+    if jobs.len() < limit && others {
         let rest = (limit - jobs.len()) as i64;
         let rows = shared
             .broker
@@ -291,7 +299,6 @@ async fn claim_limited(
     limit: usize,
     worker_id: i64,
 ) -> Result<(Vec<ClaimedJob>, Option<Duration>), Error> {
-    let queues = queues.to_vec();
     let limit = limit as i64;
     let rows = shared
         .broker

@@ -577,8 +577,7 @@ async fn limit(
     max_running: Option<Option<i32>>,
     rate: Option<Option<(i32, f64)>>,
 ) -> Result<String, CliError> {
-    let current = admin::queues(client).await?.into_iter().find(|q| q.queue == queue).map(|q| q.limits);
-    let mut limits = current.unwrap_or_default();
+    let mut limits = admin::limits(client, queue).await?;
     if max_running.is_some() || rate.is_some() {
         if let Some(max_running) = max_running {
             limits.max_running = max_running;
